@@ -1,0 +1,112 @@
+"""3D Swin-transformer image encoder of SAT3D.
+
+Built from MONAI's Swin pieces (:class:`~monai.networks.blocks.PatchEmbed`,
+:class:`~monai.networks.nets.swin_unetr.BasicLayer` and
+:class:`~monai.networks.nets.swin_unetr.PatchMergingV2`).  ``PatchMergingV2`` is used on purpose:
+it concatenates all eight voxels of every 2x2x2 neighbourhood, whereas the legacy ``PatchMerging``
+(and the authors' public code) repeats some sub-grids and drops half of the voxels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import PatchEmbed
+from monai.networks.nets.swin_unetr import BasicLayer, PatchMergingV2
+from torch import nn
+
+__all__ = ["SwinImageEncoder3D"]
+
+
+class SwinImageEncoder3D(nn.Module):
+    """Hierarchical 3D Swin encoder that maps a crop to a coarse image embedding.
+
+    With the paper's settings (patch 2, embed dim 48, depths ``[2, 2, 2, 1]``, heads ``[3, 6, 12, 24]``,
+    window 8) a ``(B, 1, 128, 128, 128)`` crop becomes a ``(B, 384, 8, 8, 8)`` embedding: the first three
+    stages end in a patch merging that halves the grid and doubles the channels, the last stage keeps them.
+
+    Args:
+        in_channels: number of image channels.
+        embed_dim: channels after the patch embedding.
+        depths: number of Swin blocks per stage.
+        num_heads: attention heads per stage; ``embed_dim * 2**i`` must be divisible by ``num_heads[i]``.
+        window_size: attention window edge (voxels of the token grid).
+        patch_size: edge of the patch embedding.
+        mlp_ratio: hidden size of the block MLPs relative to their width.
+        drop_path_rate: stochastic depth rate, increasing linearly over the blocks.
+        use_checkpoint: gradient checkpointing in the Swin blocks (saves training memory).
+        use_flash_attention: use ``scaled_dot_product_attention`` when autograd is off (inference).
+
+    Raises:
+        ValueError: if the stage lists have different lengths or a width is not divisible by its heads.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        embed_dim: int = 48,
+        depths: Sequence[int] = (2, 2, 2, 1),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 8,
+        patch_size: int = 2,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        use_checkpoint: bool = False,
+        use_flash_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads) or len(depths) < 1:
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must be non-empty and equally long.")
+        n_stages = len(depths)
+        for i, heads in enumerate(num_heads):
+            width = embed_dim * 2**i
+            if width % heads:
+                raise ValueError(f"stage {i}: width {width} is not divisible by {heads} heads.")
+        self.patch_size = int(patch_size)
+        self.embed_dim = int(embed_dim)
+        self.out_channels = embed_dim * 2 ** (n_stages - 1)
+        #: total downsampling factor between the crop and the embedding grid.
+        self.stride = self.patch_size * 2 ** (n_stages - 1)
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim, norm_layer=nn.LayerNorm, spatial_dims=3
+        )
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i in range(n_stages):
+            self.stages.append(
+                BasicLayer(
+                    dim=embed_dim * 2**i,
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window_size=(window_size,) * 3,
+                    drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=True,
+                    downsample=PatchMergingV2 if i < n_stages - 1 else None,
+                    use_checkpoint=use_checkpoint,
+                    use_flash_attention=use_flash_attention,
+                )
+            )
+        self.norm = nn.LayerNorm(self.out_channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Encode a crop.
+
+        Args:
+            image: ``(B, C, D, H, W)`` crop; each spatial size must be a multiple of :attr:`stride`.
+
+        Returns:
+            ``(B, out_channels, D/stride, H/stride, W/stride)`` embedding.
+        """
+        if image.ndim != 5:
+            raise ValueError(f"expected a (B, C, D, H, W) crop, got shape {tuple(image.shape)}.")
+        bad = [s for s in image.shape[2:] if s % self.stride]
+        if bad:
+            raise ValueError(f"crop size {tuple(image.shape[2:])} must be a multiple of the encoder stride {self.stride}.")
+        x = self.patch_embed(image)
+        for stage in self.stages:
+            x = stage(x.contiguous())
+        x = x.permute(0, 2, 3, 4, 1)
+        x = self.norm(x)
+        return x.permute(0, 4, 1, 2, 3).contiguous()

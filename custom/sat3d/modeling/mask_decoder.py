@@ -1,0 +1,83 @@
+"""Two-way-transformer mask decoder of SAT3D (3D version of SAM's mask decoder)."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets.vista3d import MLP, TwoWayTransformer
+from torch import nn
+
+__all__ = ["MaskDecoder3D"]
+
+
+class MaskDecoder3D(nn.Module):
+    """Predict low-resolution mask logits from an image embedding and prompt embeddings.
+
+    A learned mask token and the sparse prompt tokens attend to the image embedding (plus the dense
+    prompt embedding) in MONAI's ``TwoWayTransformer``; the updated image tokens are upsampled 4x by two
+    3D transposed convolutions and multiplied with a hypernetwork output of the mask token.  A second
+    token predicts the IoU of the mask (used as a quality score).
+
+    Args:
+        embed_dim: token width (384 in the paper).
+        depth: two-way transformer depth.
+        num_heads: attention heads.
+        mlp_dim: hidden size of the transformer MLPs.
+        upscale_channels: channels after the first and second transposed conv.
+        iou_head_hidden: hidden width of the IoU head.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 384,
+        depth: int = 2,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        upscale_channels: tuple[int, int] = (96, 48),
+        iou_head_hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.transformer = TwoWayTransformer(depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim)
+        self.mask_token = nn.Embedding(1, embed_dim)
+        self.iou_token = nn.Embedding(1, embed_dim)
+        c1, c2 = upscale_channels
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose3d(embed_dim, c1, kernel_size=2, stride=2),
+            nn.GroupNorm(1, c1),
+            nn.GELU(),
+            nn.ConvTranspose3d(c1, c2, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.hypernetwork = MLP(embed_dim, embed_dim, c2, 3)
+        self.iou_head = MLP(embed_dim, iou_head_hidden, 1, 3)
+
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode.
+
+        Args:
+            image_embedding: ``(B, C, d, h, w)`` image embedding.
+            image_pe: ``(1, C, d, h, w)`` positional encoding of the grid.
+            sparse: ``(B, N, C)`` click embeddings (``N`` may be 0).
+            dense: ``(B, C, d, h, w)`` dense prompt embedding.
+
+        Returns:
+            mask logits ``(B, 1, 4d, 4h, 4w)`` and predicted IoU ``(B, 1)``.
+        """
+        b = image_embedding.shape[0]
+        if dense.shape != image_embedding.shape:
+            raise ValueError(f"dense prompt {tuple(dense.shape)} must match the image embedding {tuple(image_embedding.shape)}.")
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight], dim=0)
+        out_tokens = out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype)
+        tokens = torch.cat([out_tokens, sparse], dim=1)
+        src = image_embedding + dense
+        pos = image_pe.expand(b, -1, -1, -1, -1).to(src.dtype)
+        _, _, d, h, w = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        iou_out, mask_out = hs[:, 0, :], hs[:, 1, :]
+        src = src.transpose(1, 2).reshape(b, self.embed_dim, d, h, w)
+        upscaled = self.output_upscaling(src)
+        hyper = self.hypernetwork(mask_out)  # (B, c2)
+        logits = torch.einsum("bc,bcdhw->bdhw", hyper, upscaled).unsqueeze(1)
+        return logits, self.iou_head(iou_out)

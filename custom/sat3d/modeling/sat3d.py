@@ -1,0 +1,128 @@
+"""Composition of the SAT3D parts: image encoder, prompt encoder, mask decoder and critic."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .critic import Critic3D
+from .image_encoder import SwinImageEncoder3D
+from .mask_decoder import MaskDecoder3D
+from .prompt_encoder import PromptEncoder3D
+
+__all__ = ["SAT3D"]
+
+
+class SAT3D(nn.Module):
+    """Promptable 3D segmentation network with a voxel-wise critic.
+
+    The parts are passed in (see :func:`sat3d.build_sat3d` for named presets).  The image embedding can be
+    computed once with :meth:`encode` and reused for every click with :meth:`decode`, which is what the
+    interactive session does.
+
+    Args:
+        image_encoder: maps ``(B, C, D, H, W)`` to ``(B, E, D/s, H/s, W/s)``.
+        prompt_encoder: embeds clicks and dense prompts to width ``E``.
+        mask_decoder: turns embeddings into ``(B, 1, 4D/s, 4H/s, 4W/s)`` logits.
+        critic: maps (image, mask probability) to a confidence map.
+        confidence_threshold: confidence below this value marks a voxel as uncertain (paper: T = 0.3).
+
+    Raises:
+        ValueError: if the parts' widths do not fit together.
+    """
+
+    def __init__(
+        self,
+        image_encoder: SwinImageEncoder3D,
+        prompt_encoder: PromptEncoder3D,
+        mask_decoder: MaskDecoder3D,
+        critic: Critic3D,
+        confidence_threshold: float = 0.3,
+    ) -> None:
+        super().__init__()
+        if image_encoder.out_channels != prompt_encoder.embed_dim or prompt_encoder.embed_dim != mask_decoder.embed_dim:
+            raise ValueError(
+                f"widths differ: encoder {image_encoder.out_channels}, prompt encoder {prompt_encoder.embed_dim}, "
+                f"decoder {mask_decoder.embed_dim}."
+            )
+        if not 0.0 < confidence_threshold < 1.0:
+            raise ValueError(f"confidence_threshold must be in (0, 1), got {confidence_threshold}.")
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.critic = critic
+        self.confidence_threshold = float(confidence_threshold)
+
+    @property
+    def roi_size(self) -> tuple[int, int, int]:
+        """Crop size the prompt encoder was built for."""
+        return self.prompt_encoder.input_size  # type: ignore[return-value]
+
+    def generator_parameters(self):
+        """Parameters of encoder, prompt encoder and decoder (everything but the critic)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("critic.")]
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W)`` crop -> ``(B, E, d, h, w)`` image embedding."""
+        return self.image_encoder(image)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        prev_mask: torch.Tensor | None = None,
+        confidence: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run prompt encoder and mask decoder on a cached embedding.
+
+        Args:
+            embedding: ``(B, E, d, h, w)`` from :meth:`encode`.
+            points: ``(B, N, 3)`` clicks in crop voxel coordinates, or ``None``.
+            point_labels: ``(B, N)`` 1 positive, 0 negative, -1 padding.
+            prev_mask: ``(B, 1, ...)`` previous mask probability, or ``None``.
+            confidence: ``(B, 1, ...)`` previous confidence map, or ``None``.
+
+        Returns:
+            low-resolution logits ``(B, 1, 4d, 4h, 4w)`` and IoU prediction ``(B, 1)``.
+        """
+        if embedding.shape[2:] != self.prompt_encoder.embedding_size:
+            raise ValueError(
+                f"embedding grid {tuple(embedding.shape[2:])} differs from the prompt encoder's "
+                f"{self.prompt_encoder.embedding_size}; crops must be {self.roi_size}."
+            )
+        sparse, dense = self.prompt_encoder(points, point_labels, prev_mask, confidence, batch_size=embedding.shape[0])
+        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse.to(embedding.dtype), dense.to(embedding.dtype))
+
+    def judge(self, image: torch.Tensor, mask_prob: torch.Tensor) -> torch.Tensor:
+        """Critic confidence ``(B, 1, D, H, W)`` in [0, 1] for a mask probability on an image crop."""
+        return self.critic(image, mask_prob)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        prev_mask: torch.Tensor | None = None,
+        confidence: torch.Tensor | None = None,
+        with_critic: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Segment a crop.
+
+        Args:
+            image: ``(B, C, D, H, W)`` crop of size :attr:`roi_size`.
+            points, point_labels, prev_mask, confidence: prompts, see :meth:`decode`.
+            with_critic: also compute the critic's confidence of the prediction.
+
+        Returns:
+            dict with ``logits`` ``(B, 1, D, H, W)``, ``low_res_logits`` ``(B, 1, 4d, 4h, 4w)``, ``iou`` ``(B, 1)``
+            and, if ``with_critic``, ``confidence`` ``(B, 1, D, H, W)``.
+        """
+        embedding = self.encode(image)
+        low, iou = self.decode(embedding, points, point_labels, prev_mask, confidence)
+        logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
+        out = {"logits": logits, "low_res_logits": low, "iou": iou}
+        if with_critic:
+            out["confidence"] = self.judge(image, torch.sigmoid(logits))
+        return out

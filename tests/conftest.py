@@ -1,0 +1,34 @@
+"""Shared fixtures: small synthetic NIfTI volumes and the repository paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SHARED = REPO.parent / "shared"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def make_sphere_volume(shape=(40, 36, 44), centre=None, radius=7.0, seed=0, spacing=(1.5, 1.2, 2.0)):
+    """A noisy image with a bright sphere and its label; returns (image, label, affine)."""
+    rng = np.random.default_rng(seed)
+    centre = centre if centre is not None else [s / 2 for s in shape]
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    dist = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
+    label = (dist <= radius).astype(np.uint8)
+    image = (rng.normal(100.0, 10.0, shape) + 80.0 * label).astype(np.float32)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 3.0]
+    return image, label, affine
+
+
+@pytest.fixture
+def sphere_volume():
+    return make_sphere_volume()
