@@ -16,6 +16,8 @@ from monai.networks.blocks import PatchEmbed
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMergingV2
 from torch import nn
 
+from .window_attention import CachedMaskBasicLayer
+
 __all__ = ["SwinImageEncoder3D"]
 
 
@@ -36,7 +38,10 @@ class SwinImageEncoder3D(nn.Module):
         mlp_ratio: hidden size of the block MLPs relative to their width.
         drop_path_rate: stochastic depth rate, increasing linearly over the blocks.
         use_checkpoint: gradient checkpointing in the Swin blocks (saves training memory).
-        use_flash_attention: use ``scaled_dot_product_attention`` when autograd is off (inference).
+        use_flash_attention: use ``scaled_dot_product_attention`` when autograd is off (inference); only used by
+            MONAI's attention, i.e. when ``fast_attention`` is false.
+        fast_attention: use :class:`~sat3d.modeling.window_attention.CachedMaskBasicLayer` (cached shift masks,
+            windows grouped by mask form); same parameters as MONAI's layers.
 
     Raises:
         ValueError: if the stage lists have different lengths or a width is not divisible by its heads.
@@ -54,6 +59,7 @@ class SwinImageEncoder3D(nn.Module):
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
         use_flash_attention: bool = True,
+        fast_attention: bool = True,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads) or len(depths) < 1:
@@ -75,7 +81,7 @@ class SwinImageEncoder3D(nn.Module):
         self.stages = nn.ModuleList()
         for i in range(n_stages):
             self.stages.append(
-                BasicLayer(
+                (CachedMaskBasicLayer if fast_attention else BasicLayer)(
                     dim=embed_dim * 2**i,
                     depth=depths[i],
                     num_heads=num_heads[i],

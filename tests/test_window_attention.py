@@ -1,0 +1,45 @@
+"""The grouped shifted-window attention must compute exactly what MONAI's WindowAttention computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets.swin_unetr import WindowAttention, compute_mask
+
+from sat3d.modeling import SwinImageEncoder3D
+from sat3d.modeling.window_attention import CachedMaskBasicLayer, GroupedWindowAttention
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_grouped_attention_equals_monai(shifted, grad):
+    torch.manual_seed(0)
+    ref = WindowAttention(24, 3, (4, 4, 4), qkv_bias=True, use_flash_attention=True)
+    torch.nn.init.normal_(ref.relative_position_bias_table, std=1.0)  # make the bias matter
+    fast = GroupedWindowAttention(24, 3, (4, 4, 4), qkv_bias=True)
+    fast.load_state_dict(ref.state_dict())
+    mask = compute_mask([8, 12, 8], (4, 4, 4), (2, 2, 2), "cpu") if shifted else None
+    x = torch.randn(2 * 12, 64, 24, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        a, b = ref(x, mask), fast(x, mask)
+    assert torch.allclose(a, b, atol=1e-5)
+    if grad:
+        w = torch.randn_like(a)
+        ga = torch.autograd.grad((a * w).sum(), x)[0]
+        gb = torch.autograd.grad((b * w).sum(), x)[0]
+        assert torch.allclose(ga, gb, atol=1e-5)
+
+
+def test_encoder_with_fast_layers_equals_monai_layers():
+    torch.manual_seed(1)
+    fast = SwinImageEncoder3D(embed_dim=12, depths=(2, 2), num_heads=(2, 4), window_size=4, fast_attention=True).eval()
+    ref = SwinImageEncoder3D(embed_dim=12, depths=(2, 2), num_heads=(2, 4), window_size=4, fast_attention=False).eval()
+    assert isinstance(fast.stages[0], CachedMaskBasicLayer) and not isinstance(ref.stages[0], CachedMaskBasicLayer)
+    for name, p in fast.named_parameters():
+        if "relative_position_bias_table" in name:
+            torch.nn.init.normal_(p, std=1.0)
+    ref.load_state_dict(fast.state_dict())  # same parameter names: weights are interchangeable
+    x = torch.randn(1, 1, 32, 24, 40)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), ref(x), atol=1e-4)
+        assert torch.allclose(fast(x), ref(x), atol=1e-4)  # second call uses the cached mask
