@@ -1,0 +1,165 @@
+"""Speed, size and memory of SAT3D, printed beside the authors' reference figures.
+
+Usage::
+
+    python benchmarks/bench_model.py                 # CPU (and GPU when one is present)
+    python benchmarks/bench_model.py --ct-volume     # also: whole 512x512x300 CT, time and peak RAM (CPU, minutes)
+
+Reference (authors' implementation, random weights): H100 35.9 ms per 128^3 window (fp32), encoder 21 ms,
+decoder per click 5 ms, critic 8 ms, 4.3 GiB; 2-core CPU: encoder 13.7 s per window, 1.8 s per click.
+Targets: >= 4x the GPU window throughput (<= 9.0 ms per window), <= 3 s per window and <= 0.5 s per click
+on the 2-core CPU, < 8 GiB peak RAM for a 512x512x300 CT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from sat3d import build_sat3d
+from sat3d.flops import count_gmac
+
+REF = {
+    "cuda": {"window_ms": 35.9, "encoder_ms": 21.0, "decoder_click_ms": 5.0, "critic_ms": 8.0, "memory_gib": 4.3},
+    "cpu": {"window_ms": None, "encoder_ms": 13700.0, "decoder_click_ms": 1800.0, "critic_ms": None},
+}
+TARGET = {
+    "cuda": {"window_ms": 35.9 / 4},
+    "cpu": {"window_ms": 3000.0, "decoder_click_ms": 500.0, "peak_rss_gib": 8.0},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]  # median, ms
+
+
+def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
+    """Time one 128^3 window: encoder, decoder per click (cached embedding), critic and the whole window."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_base").to(device).eval()
+    x = torch.randn(1, 1, 128, 128, 128, device=device)
+    pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device)
+    lbl = torch.tensor([[1]], device=device)
+    prev = torch.rand(1, 1, 128, 128, 128, device=device)
+    res = {}
+    ac = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with torch.inference_mode(), ac:
+        emb = net.encode(x)
+        res["encoder_ms"] = _time(lambda: net.encode(x), device, repeats)
+
+        def click():
+            low, _ = net.decode(emb, pts, lbl, prev, prev)
+            logits = torch.nn.functional.interpolate(low, size=x.shape[2:], mode="trilinear")
+            return net.judge(x, torch.sigmoid(logits))
+
+        res["decoder_only_ms"] = _time(lambda: net.decode(emb, pts, lbl, prev, prev), device, repeats)
+        res["decoder_click_ms"] = _time(click, device, repeats)  # prompt encoder + decoder + critic
+        res["critic_ms"] = _time(lambda: net.judge(x, prev), device, repeats)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        res["window_ms"] = _time(lambda: net(x, pts, lbl), device, repeats)
+        if device.type == "cuda":
+            res["memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return res
+
+
+def bench_ct_volume() -> dict:
+    """Whole-volume inference of a 512x512x300 CT in a child process; wall time and peak RSS."""
+    code = r"""
+import json, resource, time, torch
+from monai.data import MetaTensor
+from sat3d import build_sat3d
+from sat3d.inferer import SAT3DInferer
+torch.manual_seed(0)
+net = build_sat3d("sat3d_base").eval()
+img = MetaTensor(torch.randn(1, 1, 512, 512, 300))
+t0 = time.perf_counter()
+out = SAT3DInferer(roi_size=(128, 128, 128), overlap=0.25, sw_batch_size=1)(img, net)
+dt = time.perf_counter() - t0
+print(json.dumps({"seconds": dt, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _row(name: str, value: float | None, ref: float | None, target: float | None, unit: str) -> str:
+    v = "n/a" if value is None else f"{value:10.1f} {unit}"
+    r = "-" if ref is None else f"{ref:.1f} {unit}"
+    t = "-" if target is None else f"{target:.1f} {unit}"
+    speed = "" if (value is None or ref is None or unit != "ms") else f"  ({ref / value:.1f}x reference)"
+    ok = "" if (value is None or target is None) else ("  MEETS TARGET" if value <= target else "  misses target")
+    return f"  {name:<22}{v:>16}   reference {r:<12} target {t:<12}{speed}{ok}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ct-volume", action="store_true", help="also run a 512x512x300 volume on the CPU")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    args = p.parse_args()
+
+    net = build_sat3d("sat3d_base").eval()
+    n_params = sum(t.numel() for t in net.parameters())
+    x = torch.randn(1, 1, 128, 128, 128)
+    gmac = count_gmac(lambda: net(x, torch.tensor([[[64.0, 60.0, 70.0]]]), torch.tensor([[1]])))
+    gmac_enc = count_gmac(lambda: net.encode(x))
+    report: dict = {"params_m": n_params / 1e6, "gmac": gmac, "gmac_encoder": gmac_enc}
+    print(f"SAT3D sat3d_base: {n_params / 1e6:.2f} M parameters (paper 11.1 M); {gmac:.1f} GMAC per 128^3 crop "
+          f"with one click (paper ~67), encoder {gmac_enc:.1f} GMAC")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, cpu count {os.cpu_count()}")
+
+    devices = [] if args.no_cpu else [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    for dev in devices:
+        res = bench_device(dev, args.repeats if dev.type == "cpu" else max(args.repeats, 20))
+        report[dev.type] = res
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+        print(f"\n{name} (fp32, median of repeats):")
+        ref, tgt = REF[dev.type], TARGET[dev.type]
+        for key, label in [("window_ms", "whole window"), ("encoder_ms", "encoder"),
+                           ("decoder_click_ms", "per click (dec+critic)"), ("decoder_only_ms", "decoder only"),
+                           ("critic_ms", "critic")]:
+            ref_key = "decoder_click_ms" if key == "decoder_only_ms" and dev.type == "cuda" else key
+            print(_row(label, res[key], ref.get(ref_key), tgt.get(key), "ms"))
+        if "memory_gib" in res:
+            print(_row("peak GPU memory", res["memory_gib"], ref["memory_gib"], None, "GiB"))
+        if dev.type == "cuda":
+            bf16 = bench_device(dev, max(args.repeats, 20), torch.bfloat16)
+            report["cuda_bf16"] = bf16
+            print(_row("whole window (bf16)", bf16["window_ms"], ref["window_ms"], tgt["window_ms"], "ms"))
+    if args.ct_volume:
+        ct = bench_ct_volume()
+        report["ct_512x512x300"] = ct
+        print("\n512x512x300 CT, whole-volume sliding window on the CPU (automatic mode):")
+        print(_row("wall time", ct["seconds"], None, None, "s"))
+        print(_row("peak RAM", ct["peak_rss_gib"], None, TARGET["cpu"]["peak_rss_gib"], "GiB"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
