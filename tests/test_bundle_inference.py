@@ -1,0 +1,235 @@
+"""End-to-end folder inference through `python -m monai.bundle run inference` plus its building blocks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE, SHARED, make_sphere_volume
+from monai.bundle import ConfigParser, verify_metadata
+
+from sat3d.io import clicks_to_voxels, load_clicks_file, mask_statistics, write_nifti_atomic
+
+TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--require_weights", "false"]
+
+
+def run_inference(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+           str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(data), "--output_dir", str(out), *TINY, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two good volumes (one with flipped, LPS-like axes), and a zoo of bad inputs."""
+    d = tmp_path_factory.mktemp("in")
+    img, _, aff = make_sphere_volume()
+    _save(d / "good.nii.gz", img, aff)
+    flipped = aff.copy()
+    flipped[:2] *= -1  # x and y axes point the other way
+    _save(d / "flipped.nii", img[:30], flipped)
+    (d / "text.nii.gz").write_text("this is not a volume")
+    raw = gzip.compress((d / "flipped.nii").read_bytes())
+    (d / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    _save(d / "flat.nii.gz", img[:, :, :1], aff)
+    nan = img.copy()
+    nan[2, 3, 4] = np.nan
+    _save(d / "nan.nii.gz", nan, aff)
+    _save(d / "clicked_outside.nii.gz", img, aff)
+    clicks = {
+        "good.nii.gz": {"space": "voxel", "positive": [[20, 18, 22]], "negative": [[3, 3, 3]]},
+        "flipped": {"space": "world", "positive": [list((flipped @ [10, 10, 10, 1])[:3])]},
+        "clicked_outside.nii.gz": {"positive": [[500, 1, 1]]},
+        "not_there.nii.gz": {"positive": [[1, 1, 1]]},
+    }
+    cf = tmp_path_factory.mktemp("clicks") / "clicks.json"
+    cf.write_text(json.dumps(clicks))
+    return d, cf
+
+
+@pytest.fixture(scope="module")
+def first_run(folder, tmp_path_factory):
+    d, cf = folder
+    out = tmp_path_factory.mktemp("out")
+    return d, cf, out, run_inference(d, out, "--clicks_file", str(cf))
+
+
+def _results(out: Path) -> dict[str, dict]:
+    files = sorted(out.glob("results-*.json"))
+    assert files, "no results file written"
+    return {r["file"]: r for r in json.loads(files[-1].read_text())}
+
+
+def test_good_files_written_with_input_geometry(first_run):
+    d, _, out, proc = first_run
+    for name, case in (("good.nii.gz", "good"), ("flipped.nii", "flipped")):
+        src = nib.load(str(d / name))
+        for kind, dtype in (("mask", np.uint8), ("confidence", np.float32)):
+            o = nib.load(str(out / f"{case}_{kind}.nii.gz"))
+            assert o.shape == src.shape, (name, kind)
+            np.testing.assert_allclose(o.affine, src.affine, atol=1e-5)
+            assert o.get_data_dtype() == dtype
+        conf = nib.load(str(out / f"{case}_confidence.nii.gz")).get_fdata()
+        assert conf.min() >= 0 and conf.max() <= 1
+    rows = _results(out)
+    assert rows["good.nii.gz"]["status"] == "ok" and rows["good.nii.gz"]["clicks"] == 2
+    assert rows["flipped.nii"]["status"] == "ok" and rows["flipped.nii"]["clicks"] == 1
+    mask = nib.load(str(out / "good_mask.nii.gz"))
+    expected = mask_statistics(np.asarray(mask.dataobj), mask.affine)
+    assert rows["good.nii.gz"]["volume_ml"] == pytest.approx(expected["volume_ml"])
+    assert rows["good.nii.gz"]["components"] == expected["components"]
+    assert any(p.name.startswith("results-") and p.suffix == ".csv" for p in out.iterdir())
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("text.nii.gz", ["text.nii.gz", "gzip"]),
+        ("truncated.nii.gz", ["truncated.nii.gz"]),
+        ("flat.nii.gz", ["flat.nii.gz", "2D"]),
+        ("nan.nii.gz", ["nan.nii.gz", "NaN"]),
+        ("clicked_outside.nii.gz", ["clicked_outside.nii.gz", "outside the image"]),
+    ],
+)
+def test_bad_files_reported_by_name_and_others_processed(first_run, name, words):
+    _, _, out, proc = first_run
+    assert proc.returncode != 0, "a run with failed files must end with an error status"
+    row = _results(out)[name]
+    assert row["status"] == "error"
+    for w in words:
+        assert w in row["error"], row["error"]
+        assert w in proc.stdout + proc.stderr
+    case = name.split(".")[0]
+    assert not (out / f"{case}_mask.nii.gz").exists()
+
+
+def test_unknown_clicks_entry_is_reported(first_run):
+    *_, proc = first_run
+    assert "not_there.nii.gz" in proc.stdout + proc.stderr
+
+
+def test_no_silent_overwrite_and_explicit_overwrite(first_run, tmp_path):
+    d, _, out, _ = first_run
+    good = tmp_path / "in"
+    good.mkdir()
+    shutil.copy(d / "good.nii.gz", good / "good.nii.gz")
+    before = (out / "good_mask.nii.gz").stat().st_mtime_ns
+    proc = run_inference(good, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _results(out)["good.nii.gz"]["status"].startswith("skipped")
+    assert (out / "good_mask.nii.gz").stat().st_mtime_ns == before
+    proc = run_inference(good, out, "--overwrite", "true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _results(out)["good.nii.gz"]["status"] == "ok"
+    assert (out / "good_mask.nii.gz").stat().st_mtime_ns != before
+    assert len(list(out.glob("results-*.json"))) >= 3, "earlier results tables must be kept"
+
+
+def test_empty_folder_and_malformed_clicks_file(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_inference(empty, tmp_path / "o1")
+    assert proc.returncode != 0 and "contains no NIfTI file" in proc.stderr + proc.stdout
+    bad = tmp_path / "clicks.json"
+    bad.write_text('{"a.nii.gz": {"positive": [[1, 2]]}}')
+    with pytest.raises(ValueError, match=r"clicks\.json.*'positive'.*three finite numbers"):
+        load_clicks_file(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_clicks_file(bad)
+    with pytest.raises(ValueError, match="'space' must be"):
+        bad.write_text('{"a": {"space": "mm", "positive": [[1, 2, 3]]}}')
+        load_clicks_file(bad)
+
+
+def test_voxel_and_world_clicks_land_on_the_same_preprocessed_voxel(tmp_path):
+    img, _, aff = make_sphere_volume(shape=(20, 24, 16))
+    aff = aff.copy()
+    aff[:2] *= -1  # LPS-like storage: reorientation to RAS flips two axes
+    img[5, 7, 9] = 5000.0  # marker
+    _save(tmp_path / "m.nii.gz", img, aff)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    pre = parser.get_parsed_content("preprocessing")
+    data = pre({"image": str(tmp_path / "m.nii.gz")})
+    image = data["image"]
+    world = (aff @ [5, 7, 9, 1])[:3].tolist()
+    v1, l1 = clicks_to_voxels({"space": "voxel", "positive": [[5, 7, 9]]}, image.meta["original_affine"], image.affine, image.shape[1:])
+    v2, _ = clicks_to_voxels({"space": "world", "positive": [world]}, image.meta["original_affine"], image.affine, image.shape[1:])
+    assert torch.equal(v1, v2) and l1.tolist() == [1]
+    i, j, k = v1[0].long().tolist()
+    assert (i, j, k) != (5, 7, 9), "the test needs a reorientation that moves the voxel"
+    assert image[0, i, j, k] == image[0].max(), "the click must hit the marker after reorientation"
+    with pytest.raises(ValueError, match="outside the image"):
+        clicks_to_voxels({"space": "voxel", "positive": [[20, 0, 0]]}, image.meta["original_affine"], image.affine, image.shape[1:])
+
+
+def test_mask_statistics_volume_and_components():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:4, 2:4, 2:4] = 1  # 8 voxels
+    mask[10:12, 10:12, 10:13] = 1  # 12 voxels
+    mask[5, 5, 5] = 1  # touches nothing: third component
+    aff = np.diag([2.0, 1.5, 3.0, 1.0])  # 9 mm^3 per voxel
+    s = mask_statistics(mask, aff, confidence=np.full(mask.shape, 0.25))
+    assert s["components"] == 3 and s["voxels"] == 21
+    assert s["volume_ml"] == pytest.approx(21 * 9.0 / 1000.0)
+    assert s["mean_confidence"] == pytest.approx(0.25)
+    diag = np.zeros_like(mask)
+    diag[0, 0, 0] = diag[1, 1, 1] = 1  # corner neighbours: one 26-connected component
+    assert mask_statistics(diag, aff)["components"] == 1
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "x.nii.gz"
+    write_nifti_atomic(np.zeros((4, 4, 4)), np.eye(4), target)
+    with pytest.raises(FileExistsError):
+        write_nifti_atomic(np.zeros((4, 4, 4)), np.eye(4), target)
+    import monai.data
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(monai.data.NibabelWriter, "write", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_nifti_atomic(np.ones((4, 4, 4)), np.eye(4), tmp_path / "y.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nii.gz"]
+
+
+def test_metadata_is_valid_against_the_schema(tmp_path):
+    schema = SHARED / "schema" / "meta_schema_20240725.json"
+    if not schema.is_file():
+        pytest.skip(f"schema not found at {schema}")
+    local = tmp_path / "schema.json"
+    shutil.copy(schema, local)
+    verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(local))
+    broken = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    del broken["network_data_format"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=str(local))
+
+
+def test_missing_weights_give_a_clear_message(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    img, _, aff = make_sphere_volume()
+    _save(d / "a.nii.gz", img, aff)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+           "--dataset_dir", str(d), "--output_dir", str(tmp_path / "o"), "--ckpt_path", str(tmp_path / "none.pt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert proc.returncode != 0
+    assert f"no SAT3D weights at {tmp_path / 'none.pt'}" in proc.stderr + proc.stdout
