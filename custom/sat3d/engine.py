@@ -1,0 +1,334 @@
+"""Ignite engines for SAT3D: the min-max trainer iteration and checkpointing with resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+import torch.distributed as dist
+
+from .click_simulation import sample_error_clicks
+from .losses import CriticLoss, GeneratorLoss
+
+__all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients"]
+
+logger = logging.getLogger("sat3d.train")
+
+
+@contextmanager
+def frozen(module: torch.nn.Module):
+    """Temporarily stop gradients into ``module``'s parameters (gradients still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def average_gradients(params) -> None:
+    """Average gradients over the processes of the default group (data-parallel training)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(world)
+
+
+class SAT3DTrainer(SupervisedTrainer):
+    """Supervised trainer whose iteration is SAT3D's min-max step.
+
+    Per batch: the image embedding is computed once; then ``num_prompt_steps`` decoder passes follow.
+    Step 1 has no clicks and no dense prompt; each later step adds one click per sample drawn from the
+    error region of the previous prediction (false negative -> positive click, false positive -> negative
+    click) and feeds back the previous mask probability and the binarised critic confidence
+    (``confidence >= T``).  The generator loss (see :class:`~sat3d.losses.GeneratorLoss`) is averaged over
+    the steps and back-propagated into encoder, prompt encoder and decoder; the critic's parameters are
+    frozen during this pass, so the adversarial term moves only the generator.  Then the critic gets its
+    own update with its own optimiser (ground truth = real, last prediction = fake).
+
+    With ``torch.distributed`` initialised, gradients of both networks are averaged over the processes
+    before each optimiser step (data parallel; every process starts from the same weights).
+
+    Args:
+        critic_optimizer: optimiser over ``network.critic`` parameters.
+        num_prompt_steps: m, prompt steps per sample.
+        generator_loss: defaults to ``GeneratorLoss(0.01, 0.1, T)``.
+        critic_loss: defaults to :class:`~sat3d.losses.CriticLoss`.
+        seed: seed of the click sampler.
+        other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
+            ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        critic_optimizer: torch.optim.Optimizer,
+        num_prompt_steps: int = 5,
+        generator_loss: GeneratorLoss | None = None,
+        critic_loss: torch.nn.Module | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("loss_function", None)
+        super().__init__(*args, **kwargs)
+        if num_prompt_steps < 1:
+            raise ValueError(f"num_prompt_steps must be >= 1, got {num_prompt_steps}.")
+        net = self.network
+        crit_ids = {id(p) for p in net.critic.parameters()}
+        if any(id(p) in crit_ids for g in self.optimizer.param_groups for p in g["params"]):
+            raise ValueError("the generator optimizer must not hold critic parameters; use network.generator_parameters().")
+        self.critic_optimizer = critic_optimizer
+        self.num_prompt_steps = int(num_prompt_steps)
+        self.generator_loss = generator_loss or GeneratorLoss(threshold=net.confidence_threshold)
+        self.critic_loss = critic_loss or CriticLoss()
+        self.click_generator = torch.Generator().manual_seed(int(seed))
+        self.critic_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
+        acc = engine.accumulation_steps
+        if acc == 1:
+            return True, True
+        length = engine.state.epoch_length
+        local = (engine.state.iteration - 1) % length if length else engine.state.iteration - 1
+        last = length is not None and local + 1 == length
+        return local % acc == 0, (local + 1) % acc == 0 or last
+
+    def _backward_step(self, loss, optimizer, scaler, params, step: bool) -> None:
+        loss = loss / self.accumulation_steps
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if not step:
+            return
+        average_gradients(params)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def _iteration(self, engine: "SAT3DTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        images, targets = batch[0], batch[1]
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        targets = (targets.as_tensor() if hasattr(targets, "as_tensor") else targets).float()
+        net = engine.network
+        zero, step = self._steps(engine)
+        net.train()
+        if zero:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            engine.critic_optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast(images.device.type, enabled=bool(engine.amp), **(engine.amp_kwargs or {}))
+        b = images.shape[0]
+        points = torch.zeros((b, 0, 3), device=images.device)
+        labels = torch.zeros((b, 0), dtype=torch.long, device=images.device)
+        prev_mask = prev_conf = prob = None
+        terms: dict[str, float] = {}
+        total = torch.zeros((), device=images.device)
+        with frozen(net.critic), autocast:
+            embedding = net.encode(images)
+            for s in range(engine.num_prompt_steps):
+                if s > 0:
+                    new_p, new_l = sample_error_clicks((prob.detach() > 0.5).float(), targets, engine.click_generator)
+                    points, labels = torch.cat([points, new_p], 1), torch.cat([labels, new_l], 1)
+                low, _ = net.decode(embedding, points, labels, prev_mask, prev_conf)
+                logits = F.interpolate(low, size=images.shape[2:], mode="trilinear", align_corners=False)
+                prob = torch.sigmoid(logits)
+                critic_logits = net.critic.forward_logits(images, prob)
+                parts = engine.generator_loss(logits.float(), targets, critic_logits.float())
+                total = total + parts["loss"] / engine.num_prompt_steps
+                for k, v in parts.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) / engine.num_prompt_steps
+                prev_mask = prob.detach()
+                prev_conf = (torch.sigmoid(critic_logits.detach()) >= net.confidence_threshold).to(prob.dtype)
+        engine.state.output = {Keys.IMAGE: images, Keys.LABEL: targets, Keys.PRED: logits.detach(), Keys.LOSS: total}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self._backward_step(total, engine.optimizer, engine.scaler if engine.amp else None, net.generator_parameters(), step)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        with autocast:
+            real = net.critic.forward_logits(images, targets)
+            fake = net.critic.forward_logits(images, prev_mask)
+            c_loss = engine.critic_loss(real.float(), fake.float())
+        self._backward_step(c_loss, engine.critic_optimizer, engine.critic_scaler, list(net.critic.parameters()), step)
+        engine.state.output[Keys.LOSS] = total.detach()
+        engine.state.output["critic_loss"] = c_loss.detach()
+        engine.state.output.update({f"loss_{k}": v for k, v in terms.items()})
+        return engine.state.output
+
+
+def _atomic_save(obj: Any, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class TrainingCheckpoints:
+    """Checkpoints ``latest`` / ``best_loss`` / ``best_dice`` with everything needed to resume, plus ``model.pt``.
+
+    Each checkpoint holds the network (critic included), both optimisers, the learning-rate schedulers,
+    the AMP scalers and the trainer state; files are written atomically, so a kill during a save leaves
+    the previous checkpoint intact.  ``model.pt`` (plain ``network.state_dict()``) is exported next to them
+    whenever ``latest`` is written, for the inference workflow.  Only rank 0 writes.
+
+    Args:
+        ckpt_dir: folder of the checkpoints.
+        network: the SAT3D network.
+        optimizer: generator optimiser.
+        critic_optimizer: critic optimiser.
+        schedulers: learning-rate schedulers to save/restore.
+        interval: write ``latest`` every this many iterations (and at the end of each epoch).
+        validator: evaluator whose key metric (mean Dice) selects ``best_dice``.
+        model_export: path of the exported ``model.pt`` (``None`` = ``ckpt_dir/model.pt``).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        critic_optimizer: torch.optim.Optimizer,
+        schedulers: list | None = None,
+        interval: int = 100,
+        validator: Engine | None = None,
+        model_export: str | None = None,
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"checkpoint interval must be >= 1 iteration, got {interval}.")
+        self.dir = Path(ckpt_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.critic_optimizer = critic_optimizer
+        self.schedulers = list(schedulers or [])
+        self.interval = int(interval)
+        self.validator = validator
+        self.model_export = Path(model_export) if model_export else self.dir / "model.pt"
+        self.best_loss = float("inf")
+        self.best_dice = -float("inf")
+        self._epoch_losses: list[float] = []
+
+    @staticmethod
+    def _rank0() -> bool:
+        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+    def state(self, trainer: Engine) -> dict[str, Any]:
+        """Everything that is saved."""
+        out = {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "trainer": trainer.state_dict(),
+            "best_loss": self.best_loss,
+            "best_dice": self.best_dice,
+        }
+        for name in ("scaler", "critic_scaler"):
+            scaler = getattr(trainer, name, None)
+            if scaler is not None:
+                out[name] = scaler.state_dict()
+        return out
+
+    def save(self, trainer: Engine, which: str) -> None:
+        """Write ``checkpoint_<which>.pt`` (and ``model.pt`` with ``latest``)."""
+        if not self._rank0():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.state(trainer), self.dir / f"checkpoint_{which}.pt")
+        if which == "latest":
+            self.model_export.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self.network.state_dict(), self.model_export)
+
+    def resume(self, trainer: Engine, enabled: bool = True) -> bool:
+        """Load ``checkpoint_latest.pt`` if it exists; returns whether the run resumes."""
+        path = self.dir / "checkpoint_latest.pt"
+        if not enabled or not path.is_file():
+            return False
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        self.network.load_state_dict(ckpt["network"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
+        for s, sd in zip(self.schedulers, ckpt.get("schedulers", [])):
+            s.load_state_dict(sd)
+        for name in ("scaler", "critic_scaler"):
+            scaler = getattr(trainer, name, None)
+            if scaler is not None and name in ckpt:
+                scaler.load_state_dict(ckpt[name])
+        max_epochs = trainer.state.max_epochs  # the configured value wins over the saved one
+        trainer.load_state_dict(ckpt["trainer"])
+        trainer.state.max_epochs = max_epochs
+        self.best_loss, self.best_dice = ckpt.get("best_loss", self.best_loss), ckpt.get("best_dice", self.best_dice)
+        logger.info("resumed from %s at epoch %d, iteration %d", path, trainer.state.epoch, trainer.state.iteration)
+        return True
+
+    def run(self, trainer: Engine, resume: bool = True) -> None:
+        """Resume from ``checkpoint_latest.pt`` when asked and present, then train up to ``max_epochs``.
+
+        A run that already reached ``max_epochs`` is not restarted from scratch: it logs that and returns.
+        """
+        from .runner import as_bool
+
+        self.resume(trainer, as_bool(resume))
+        if trainer.state.epoch >= trainer.state.max_epochs:
+            logger.warning(
+                "training already finished: epoch %d of max_epochs %d in %s; raise max_epochs to continue.",
+                trainer.state.epoch, trainer.state.max_epochs, self.dir,
+            )
+            return
+        trainer.run()
+
+    def attach(self, trainer: Engine) -> None:
+        """Register the saving events on the trainer."""
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), lambda e: self.save(e, "latest"))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._collect_loss)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.COMPLETED, lambda _: self._validated(trainer))
+
+    def _collect_loss(self, trainer: Engine) -> None:
+        loss = trainer.state.output.get(Keys.LOSS) if isinstance(trainer.state.output, dict) else None
+        if loss is not None:
+            self._epoch_losses.append(float(loss))
+
+    def _epoch_completed(self, trainer: Engine) -> None:
+        if self._epoch_losses:
+            mean = sum(self._epoch_losses) / len(self._epoch_losses)
+            self._epoch_losses = []
+            if mean < self.best_loss:
+                self.best_loss = mean
+                self.save(trainer, "best_loss")
+        self.save(trainer, "latest")
+
+    def _validated(self, trainer: Engine) -> None:
+        metric = self.validator.state.metrics.get(self.validator.state.key_metric_name) if self.validator else None
+        if metric is not None and float(metric) > self.best_dice:
+            self.best_dice = float(metric)
+            self.save(trainer, "best_dice")
+
+
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:
+    """Copy rank ``src``'s parameters and buffers to every process (same start for data-parallel training)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src)
+    return module

@@ -1,0 +1,70 @@
+"""Losses of SAT3D's min-max training."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+__all__ = ["GeneratorLoss", "CriticLoss", "uncertainty_masked_bce"]
+
+
+def uncertainty_masked_bce(logits: torch.Tensor, target: torch.Tensor, uncertain: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy averaged over the uncertain voxels only (0 when there are none).
+
+    Args:
+        logits: ``(B, 1, D, H, W)`` mask logits.
+        target: ``(B, 1, D, H, W)`` binary ground truth.
+        uncertain: ``(B, 1, D, H, W)`` boolean map (critic confidence below T).
+    """
+    ce = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+    w = uncertain.to(ce.dtype)
+    return (ce * w).sum() / w.sum().clamp(min=1.0)
+
+
+class GeneratorLoss(nn.Module):
+    """``Dice+CE + lambda_adv * adversarial + lambda_unc * uncertainty-masked CE`` (paper: 0.01, 0.1, T=0.3).
+
+    The adversarial term asks the critic to call the prediction real (BCE of the critic's logits against
+    1), so its gradient reaches the generator through the predicted probability.
+
+    Args:
+        lambda_adv: weight of the adversarial term.
+        lambda_unc: weight of the uncertainty-masked CE.
+        threshold: confidence below which a voxel is uncertain.
+    """
+
+    def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = 0.3) -> None:
+        super().__init__()
+        if lambda_adv < 0 or lambda_unc < 0:
+            raise ValueError(f"loss weights must be >= 0, got lambda_adv={lambda_adv}, lambda_unc={lambda_unc}.")
+        self.seg = DiceCELoss(sigmoid=True)
+        self.lambda_adv = float(lambda_adv)
+        self.lambda_unc = float(lambda_unc)
+        self.threshold = float(threshold)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, critic_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the total and each term.
+
+        Args:
+            logits: ``(B, 1, D, H, W)`` mask logits.
+            target: ``(B, 1, D, H, W)`` binary ground truth.
+            critic_logits: ``(B, 1, D, H, W)`` critic logits on (image, sigmoid(logits)), not detached.
+        """
+        target = target.to(logits.dtype)
+        seg = self.seg(logits, target)
+        adv = F.binary_cross_entropy_with_logits(critic_logits.float(), torch.ones_like(critic_logits, dtype=torch.float32))
+        uncertain = torch.sigmoid(critic_logits.detach()) < self.threshold
+        unc = uncertainty_masked_bce(logits.float(), target.float(), uncertain)
+        total = seg + self.lambda_adv * adv + self.lambda_unc * unc
+        return {"loss": total, "seg": seg, "adv": adv, "unc": unc, "uncertain_fraction": uncertain.float().mean()}
+
+
+class CriticLoss(nn.Module):
+    """Critic objective: ground-truth masks are real (1), predicted masks are fake (0), voxel-wise BCE."""
+
+    def forward(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        real = F.binary_cross_entropy_with_logits(real_logits.float(), torch.ones_like(real_logits, dtype=torch.float32))
+        fake = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.zeros_like(fake_logits, dtype=torch.float32))
+        return 0.5 * (real + fake)
