@@ -1,0 +1,242 @@
+"""Interactive evaluation: DSC, IoU, HD95, ASSD and RVE after K simulated clicks, with tables and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+)
+
+from .click_simulation import next_click_volume
+from .io import case_name, write_text_atomic
+from .runner import as_bool, load_weights
+
+__all__ = ["segmentation_metrics", "InteractiveEvaluation"]
+
+logger = logging.getLogger("sat3d.evaluate")
+METRICS = ["dice", "iou", "hd95_mm", "assd_mm", "rve"]
+
+
+def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """DSC, IoU, HD95 (mm), ASSD (mm) and relative volume error of one binary 3D prediction.
+
+    Conventions for empty masks: both empty -> DSC = IoU = 1, distances 0, RVE 0; only one empty -> DSC =
+    IoU = 0 and distances ``inf`` (no surface to measure against); empty ground truth with a prediction ->
+    RVE ``inf``.
+    """
+    p = torch.as_tensor(np.asarray(pred) > 0)[None, None].float()
+    g = torch.as_tensor(np.asarray(gt) > 0)[None, None].float()
+    vp, vg = float(p.sum()), float(g.sum())
+    if vp == 0 and vg == 0:
+        return {"dice": 1.0, "iou": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0, "rve": 0.0}
+    out = {
+        "dice": float(compute_dice(p, g, include_background=True, ignore_empty=False)),
+        "iou": float(compute_iou(p, g, include_background=True, ignore_empty=False)),
+        "rve": (vp - vg) / vg if vg > 0 else math.inf,
+    }
+    if vp == 0 or vg == 0:
+        out.update(hd95_mm=math.inf, assd_mm=math.inf)
+    else:
+        sp = [float(s) for s in spacing]
+        out["hd95_mm"] = float(compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=sp))
+        out["assd_mm"] = float(compute_average_surface_distance(p, g, include_background=True, symmetric=True, spacing=sp))
+    return out
+
+
+class InteractiveEvaluation:
+    """Evaluate SAT3D with simulated clicks on every case of a datalist.
+
+    For each case the prediction without clicks is scored (K = 0); then clicks are added one at a time at
+    the centre of the largest error region (:func:`sat3d.click_simulation.next_click_volume`), each time
+    feeding the previous mask and binarised confidence back through the sliding-window inferer, and the
+    prediction is scored after each K in ``clicks``.  Writes ``per_case.csv``, ``summary.csv``,
+    ``summary.md``, ``dice_vs_clicks.png`` and ``boxplot_dice.png`` to ``output_dir``.
+
+    Args:
+        datalist: cases ``{"image", "label"}`` (see :func:`sat3d.data.load_datalist`).
+        output_dir: results folder (existing result files are not overwritten unless ``overwrite``).
+        network: SAT3D network.
+        preprocessing: dict transform loading ``image`` and ``label`` (binary target).
+        inferer: :class:`sat3d.inferer.SAT3DInferer`.
+        clicks: the K values to score; clicks are simulated up to ``max(clicks)``.
+        ckpt_path, require_weights: see :func:`sat3d.runner.load_weights`.
+        device: network device.
+        threshold: mask probability threshold.
+        overwrite: replace existing result files.
+    """
+
+    def __init__(
+        self,
+        datalist: list[dict[str, Any]],
+        output_dir: str,
+        network: torch.nn.Module,
+        preprocessing: Callable,
+        inferer: Callable,
+        clicks: Sequence[int] = (0, 5, 10, 15, 20),
+        ckpt_path: str | None = None,
+        require_weights: bool = True,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        overwrite: bool = False,
+    ) -> None:
+        if not clicks or any(int(k) < 0 for k in clicks):
+            raise ValueError(f"clicks must be non-negative counts, got {clicks}.")
+        self.datalist = datalist
+        self.output_dir = Path(output_dir)
+        self.network = network
+        self.preprocessing = preprocessing
+        self.inferer = inferer
+        self.clicks = sorted({int(k) for k in clicks})
+        self.ckpt_path = ckpt_path
+        self.require_weights = as_bool(require_weights)
+        self.device = torch.device(device)
+        self.threshold = float(threshold)
+        self.overwrite = as_bool(overwrite)
+        self.rows: list[dict[str, Any]] = []
+
+    def evaluate_case(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows (one per K) for one case."""
+        data = self.preprocessing(dict(item))
+        image, label = data["image"], data["label"]
+        gt = label[0].numpy() > 0.5
+        spacing = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)
+        img = image.unsqueeze(0).to(self.device)
+        pts: list[list[int]] = []
+        lbl: list[int] = []
+        prev_mask = prev_conf = None
+        rows = []
+        name = case_name(item["image"])
+        threshold_t = getattr(self.network, "confidence_threshold", 0.3)
+        for k in range(self.clicks[-1] + 1):
+            if k > 0:
+                nxt = next_click_volume(pred, gt)
+                if nxt is not None:
+                    pts.append(list(nxt[0]))
+                    lbl.append(nxt[1])
+            with torch.inference_mode():
+                out = self.inferer(img, self.network, points=pts or None, point_labels=lbl or None,
+                                   prev_mask=prev_mask, prev_confidence=prev_conf)
+            prob = torch.sigmoid(out[:, :1].as_tensor())
+            prev_mask = prob
+            prev_conf = (out[:, 1:2].as_tensor() >= threshold_t).float()
+            pred = prob[0, 0].cpu().numpy() > self.threshold
+            if k in self.clicks:
+                row = {"case": name, "target": item.get("target", data.get("target_label", 1)), "clicks": k,
+                       "clicks_given": len(pts), **segmentation_metrics(pred, gt, spacing)}
+                rows.append(row)
+                logger.info("%s K=%d dice=%.3f hd95=%.1f mm", name, k, row["dice"], row["hd95_mm"])
+        return rows
+
+    def run(self) -> list[dict[str, Any]]:
+        """Evaluate all cases and write tables and plots."""
+        outputs = [self.output_dir / n for n in ("per_case.csv", "summary.csv", "summary.md", "dice_vs_clicks.png", "boxplot_dice.png")]
+        existing = [p.name for p in outputs if p.exists()]
+        if existing and not self.overwrite:
+            raise FileExistsError(f"{self.output_dir} already holds {existing}; choose another output_dir or set overwrite.")
+        load_weights(self.network, self.ckpt_path, self.require_weights)
+        self.network.to(self.device).eval()
+        self.rows = []
+        for item in self.datalist:
+            self.rows.extend(self.evaluate_case(item))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(_csv(self.rows), outputs[0], overwrite=True)
+        summary = summarise(self.rows)
+        write_text_atomic(_csv(summary), outputs[1], overwrite=True)
+        write_text_atomic(_markdown(summary), outputs[2], overwrite=True)
+        plot_results(self.rows, outputs[3], outputs[4])
+        logger.info("evaluation written to %s", self.output_dir)
+        return self.rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std of each metric per K (infinite distances counted separately, not averaged)."""
+    out = []
+    for k in sorted({r["clicks"] for r in rows}):
+        sel = [r for r in rows if r["clicks"] == k]
+        row: dict[str, Any] = {"clicks": k, "cases": len(sel)}
+        for m in METRICS:
+            vals = np.array([r[m] for r in sel], dtype=float)
+            finite = vals[np.isfinite(vals)]
+            row[f"{m}_mean"] = float(finite.mean()) if finite.size else math.nan
+            row[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
+            if finite.size != vals.size:
+                row[f"{m}_infinite"] = int(vals.size - finite.size)
+        out.append(row)
+    return out
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _markdown(summary: list[dict[str, Any]]) -> str:
+    lines = ["| clicks | cases | DSC | IoU | HD95 (mm) | ASSD (mm) | RVE |", "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" + (f" ({r[f'{m}_infinite']} inf)" if f"{m}_infinite" in r else "") for m in METRICS]
+        lines.append(f"| {r['clicks']} | {r['cases']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(rows: list[dict[str, Any]], curve_png: Path, box_png: Path) -> None:
+    """Dice vs clicks (mean ± std and each case) and a box plot of Dice per target and K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r["clicks"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for case in sorted({r["case"] for r in rows}):
+        sel = sorted((r for r in rows if r["case"] == case), key=lambda r: r["clicks"])
+        ax.plot([r["clicks"] for r in sel], [r["dice"] for r in sel], color="0.75", lw=0.8)
+    mean = [np.mean([r["dice"] for r in rows if r["clicks"] == k]) for k in ks]
+    std = [np.std([r["dice"] for r in rows if r["clicks"] == k]) for k in ks]
+    ax.errorbar(ks, mean, yerr=std, color="C0", lw=2, marker="o", capsize=3, label="mean ± std")
+    ax.set(xlabel="simulated clicks K", ylabel="Dice", ylim=(0, 1), xticks=ks, title="Dice vs number of clicks")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save_fig(fig, curve_png)
+    plt.close(fig)
+
+    targets = sorted({str(r["target"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(ks) * len(targets)), 4), dpi=120)
+    data, labels = [], []
+    for t in targets:
+        for k in ks:
+            data.append([r["dice"] for r in rows if str(r["target"]) == t and r["clicks"] == k])
+            labels.append(f"{t}\nK={k}")
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7)
+    ax.set(ylabel="Dice", ylim=(0, 1), title="Dice per target and number of clicks")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save_fig(fig, box_png)
+    plt.close(fig)
+
+
+def _save_fig(fig, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(target)
+
+
