@@ -1,0 +1,247 @@
+"""Training and evaluation: min-max iteration, clicks, losses, datalists, resume, data parallel, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE, make_sphere_volume
+
+from sat3d import build_sat3d
+from sat3d.click_simulation import next_click_volume, sample_error_clicks
+from sat3d.data import load_datalist
+from sat3d.engine import SAT3DTrainer, frozen
+from sat3d.evaluation import segmentation_metrics
+from sat3d.losses import uncertainty_masked_bce
+
+TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--num_workers", "0"]
+
+
+def bundle_cmd(run_id: str, config: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, *args]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    items = []
+    for i in range(3):
+        img, lab, aff = make_sphere_volume(seed=i, centre=[17 + 2 * i, 18, 21])
+        lab = lab * (1 + (i % 2))  # cases with label value 1 and 2 (multi-class labels)
+        nib.save(nib.Nifti1Image(img, aff), str(d / f"c{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), aff), str(d / f"c{i}_seg.nii.gz"))
+        items.append({"image": f"c{i}.nii.gz", "label": f"c{i}_seg.nii.gz"})
+    (d / "datalist.json").write_text(json.dumps({"training": items[:2], "validation": items[2:]}))
+    return d
+
+
+# ---------------------------------------------------------------- clicks and losses
+
+
+def test_sample_error_clicks_sign_and_region():
+    gt = torch.zeros(3, 1, 8, 8, 8)
+    pred = torch.zeros(3, 1, 8, 8, 8)
+    gt[0, 0, 1:5, 1:5, 1:5] = 1  # sample 0: missed tumour -> positive click inside the miss
+    pred[1, 0, 2:6, 2:6, 2:6] = 1  # sample 1: false alarm -> negative click inside it
+    gt[2], pred[2] = 1, 1  # sample 2: perfect -> padding
+    pts, lab = sample_error_clicks(pred, gt, torch.Generator().manual_seed(0))
+    assert lab.tolist() == [[1], [0], [-1]]
+    i, j, k = pts[0, 0].long().tolist()
+    assert gt[0, 0, i, j, k] == 1 and pred[0, 0, i, j, k] == 0
+    i, j, k = pts[1, 0].long().tolist()
+    assert pred[1, 0, i, j, k] == 1 and gt[1, 0, i, j, k] == 0
+
+
+def test_next_click_volume_centre_of_largest_error():
+    gt = np.zeros((20, 20, 20), bool)
+    gt[2:9, 2:9, 2:9] = True  # large miss, centre (5, 5, 5)
+    pred = np.zeros_like(gt)
+    pred[14:16, 14:16, 14:16] = True  # small false alarm
+    (ijk, label) = next_click_volume(pred, gt)
+    assert label == 1 and ijk == (5, 5, 5)
+    assert next_click_volume(gt, gt) is None
+
+
+def test_uncertainty_masked_ce_only_counts_uncertain_voxels():
+    logits = torch.randn(1, 1, 4, 4, 4)
+    target = (torch.rand(1, 1, 4, 4, 4) > 0.5).float()
+    uncertain = torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool)
+    uncertain[..., :2] = True
+    base = uncertainty_masked_bce(logits, target, uncertain)
+    changed = logits.clone()
+    changed[..., 2:] += 10.0  # certain voxels: no effect
+    assert torch.allclose(uncertainty_masked_bce(changed, target, uncertain), base)
+    changed[..., 0] += 10.0  # uncertain voxels: effect
+    assert not torch.allclose(uncertainty_masked_bce(changed, target, uncertain), base)
+    assert uncertainty_masked_bce(logits, target, torch.zeros_like(uncertain)) == 0
+
+
+# ---------------------------------------------------------------- the min-max iteration
+
+
+def _trainer(net, loader, **kw):
+    opt = torch.optim.AdamW(net.generator_parameters(), lr=1e-2)
+    copt = torch.optim.AdamW(net.critic.parameters(), lr=1e-2)
+    return SAT3DTrainer(device="cpu", max_epochs=1, train_data_loader=loader, network=net, optimizer=opt,
+                        critic_optimizer=copt, num_prompt_steps=3, decollate=False, **kw), opt, copt
+
+
+def test_iteration_updates_generator_and_critic():
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    img = torch.randn(2, 1, 32, 32, 32)
+    lab = torch.zeros(2, 1, 32, 32, 32)
+    lab[:, :, 10:20, 10:20, 10:20] = 1
+    loader = [{"image": img, "label": lab}]
+    gen0 = {n: p.detach().clone() for n, p in net.named_parameters() if not n.startswith("critic.")}
+    crit0 = {n: p.detach().clone() for n, p in net.critic.named_parameters()}
+    trainer, _, _ = _trainer(net, loader)
+    trainer.run()
+    out = trainer.state.output
+    assert float(out["critic_loss"]) > 0 and "loss_adv" in out and "loss_unc" in out
+    moved_gen = [n for n, p in net.named_parameters() if n in gen0 and not torch.equal(p, gen0[n])]
+    moved_crit = [n for n, p in net.critic.named_parameters() if not torch.equal(p, crit0[n])]
+    assert len(moved_gen) > 0.8 * len(gen0), "generator weights must move"
+    assert len(moved_crit) == len(crit0), "every critic weight must move (its loss is not detached)"
+    grads = [p.grad for p in net.critic.parameters()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads), "critic loss must have gradients"
+
+
+def test_generator_pass_leaves_critic_weights_alone():
+    net = build_sat3d("sat3d_tiny")
+    img = torch.randn(1, 1, 32, 32, 32)
+    prob = torch.rand(1, 1, 32, 32, 32, requires_grad=True)
+    with frozen(net.critic):
+        loss = net.critic.forward_logits(img, prob).mean()
+        loss.backward()
+    assert all(p.grad is None for p in net.critic.parameters())
+    assert prob.grad is not None and float(prob.grad.abs().sum()) > 0, "adversarial gradient must reach the mask"
+    assert all(p.requires_grad for p in net.critic.parameters())
+    with pytest.raises(ValueError, match="must not hold critic parameters"):
+        SAT3DTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=net,
+                     optimizer=torch.optim.AdamW(net.parameters()), critic_optimizer=torch.optim.AdamW(net.critic.parameters()))
+
+
+# ---------------------------------------------------------------- datalists
+
+
+def test_bad_datalists_give_clear_errors(dataset, tmp_path):
+    def write(obj):
+        p = tmp_path / "dl.json"
+        p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return str(p)
+
+    assert len(load_datalist(str(dataset), str(dataset / "datalist.json"), "training", [1, 2])) == 2
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_datalist(str(dataset), write("{oops"))
+    with pytest.raises(ValueError, match="no list under 'training'"):
+        load_datalist(str(dataset), write({"validation": []}))
+    with pytest.raises(ValueError, match=r"missing\.nii\.gz does not exist"):
+        load_datalist(str(dataset), write({"training": [{"image": "missing.nii.gz", "label": "c0_seg.nii.gz"}]}))
+    img, lab, aff = make_sphere_volume(shape=(30, 30, 30))
+    nib.save(nib.Nifti1Image(lab[:29], aff), str(tmp_path / "short_seg.nii.gz"))
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "img.nii.gz"))
+    with pytest.raises(ValueError, match=r"has shape \(30, 30, 30\) but label short_seg\.nii\.gz has \(29, 30, 30\)"):
+        load_datalist(str(tmp_path), write({"training": [{"image": "img.nii.gz", "label": "short_seg.nii.gz"}]}))
+    nib.save(nib.Nifti1Image(np.zeros_like(lab), aff), str(tmp_path / "empty_seg.nii.gz"))
+    with pytest.raises(ValueError, match=r"empty_seg\.nii\.gz is empty"):
+        load_datalist(str(tmp_path), write({"training": [{"image": "img.nii.gz", "label": "empty_seg.nii.gz"}]}))
+
+
+# ---------------------------------------------------------------- workflows end to end
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_train_kill_resume_and_evaluate(dataset, tmp_path):
+    cfg = str(BUNDLE / "configs" / "train.json")
+    out = tmp_path / "run"
+    args = ["--dataset_dir", str(dataset), "--output_dir", str(out), *TINY, "--batch_size", "1",
+            "--num_prompt_steps", "2", "--val_interval", "1", "--checkpoint_interval", "1", "--target_labels", "[1,2]"]
+    proc = subprocess.Popen(bundle_cmd("train", cfg, *args, "--max_epochs", "200"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    latest = out / "checkpoints" / "checkpoint_latest.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and _ckpt(latest)["trainer"]["iteration"] >= 5:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, as from a scheduler or power loss
+    proc.wait()
+    saved = _ckpt(latest)
+    it = saved["trainer"]["iteration"]
+    ep = it // saved["trainer"]["epoch_length"]  # ignite saves the iteration; the epoch follows from it
+    assert it >= 5
+    for name in ("checkpoint_best_loss.pt", "checkpoint_best_dice.pt", "model.pt"):
+        assert (out / "checkpoints" / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    res = subprocess.run(bundle_cmd("train", cfg, *args, "--max_epochs", str(ep + 1)), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {latest} at epoch {ep}, iteration {it}" in res.stdout + res.stderr
+    final = _ckpt(latest)
+    assert final["trainer"]["iteration"] == (ep + 1) * final["trainer"]["epoch_length"] and final["trainer"]["iteration"] > it
+    # the exported model.pt loads into the network and evaluates end to end
+    ev = tmp_path / "eval"
+    res = subprocess.run(
+        bundle_cmd("evaluate", str(BUNDLE / "configs" / "evaluate.json"), "--dataset_dir", str(dataset),
+                   "--output_dir", str(ev), "--ckpt_path", str(out / "checkpoints" / "model.pt"),
+                   "--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--clicks", "[0,1,3]", "--datalist_key", "training",
+                   "--target_labels", "[1,2]"),
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    per_case = (ev / "per_case.csv").read_text().splitlines()
+    assert len(per_case) == 1 + 2 * 3 and per_case[0].startswith("case,target,clicks")
+    assert "| clicks | cases | DSC" in (ev / "summary.md").read_text()
+    for png in ("dice_vs_clicks.png", "boxplot_dice.png"):
+        data = (ev / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    res = subprocess.run(bundle_cmd("evaluate", str(BUNDLE / "configs" / "evaluate.json"), "--dataset_dir", str(dataset),
+                                    "--output_dir", str(ev), "--require_weights", "false", *TINY[:4]),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "already holds" in res.stderr + res.stdout, "evaluation results must not be overwritten"
+
+
+def test_data_parallel_two_processes_gloo(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517", "-m", "monai.bundle",
+           "run", "train", "--config_file", cfg, "--dataset_dir", str(dataset), "--output_dir", str(out), *TINY,
+           "--max_epochs", "1", "--batch_size", "1", "--num_prompt_steps", "2", "--val_interval", "1",
+           "--save_rank_weights", "true", "--target_labels", "[1,2]"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    w0 = torch.load(out / "final_weights_rank0.pt")
+    w1 = torch.load(out / "final_weights_rank1.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0), "ranks must end with identical weights"
+    torch.manual_seed(0)
+    init = build_sat3d("sat3d_tiny").state_dict()
+    assert any(not torch.equal(w0[k], init[k]) for k in w0 if w0[k].is_floating_point()), "weights must have been trained"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_in_mm_and_empty_conventions():
+    gt = np.zeros((30, 30, 30), bool)
+    gt[10:20, 10:20, 10:20] = True
+    pred = np.roll(gt, 2, axis=0)  # shifted by 2 voxels along the first axis
+    m = segmentation_metrics(pred, gt, spacing=(3.0, 1.0, 1.0))
+    assert m["hd95_mm"] == pytest.approx(6.0)
+    assert m["dice"] == pytest.approx(0.8) and m["iou"] == pytest.approx(8 / 12)
+    assert m["rve"] == pytest.approx(0.0) and 0 < m["assd_mm"] < 6.0
+    empty = np.zeros_like(gt)
+    assert segmentation_metrics(empty, gt, (1, 1, 1))["hd95_mm"] == float("inf")
+    assert segmentation_metrics(empty, gt, (1, 1, 1))["rve"] == pytest.approx(-1.0)
+    assert segmentation_metrics(empty, empty, (1, 1, 1))["dice"] == 1.0
