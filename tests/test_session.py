@@ -1,0 +1,93 @@
+"""Interactive session: cached embeddings, local updates, exact undo, agreement with the inferer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sat3d import build_sat3d
+from sat3d.inferer import SAT3DInferer
+from sat3d.session import InteractiveSession
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return build_sat3d("sat3d_tiny").eval()
+
+
+@pytest.fixture
+def image():
+    torch.manual_seed(1)
+    return torch.randn(1, 70, 45, 33)
+
+
+def test_automatic_result_equals_inferer(net, image):
+    s = InteractiveSession(net, overlap=0.25)
+    s.set_image(image)
+    ref = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(image[None], net)
+    assert torch.allclose(s.logits, ref[0, 0], atol=1e-4)
+    assert torch.allclose(s.confidence, ref[0, 1], atol=1e-5)
+    assert s.mask.shape == image.shape[1:] and s.mask.dtype == torch.uint8
+
+
+def test_embeddings_cached_and_clicks_update_only_their_windows(net, image):
+    s = InteractiveSession(net, overlap=0.25)
+    s.set_image(image)
+    _ = s.mask
+    n = len(s.windows)
+    assert s.encoder_calls == n and s.decoder_calls == n
+    before = s.logits.clone()
+    click = (5.0, 5.0, 5.0)
+    inside = [w for w in s.windows if all(sl.start <= v < sl.stop for sl, v in zip(w, click))]
+    s.add_click(click, positive=True)
+    assert s.encoder_calls == n, "no embedding may be recomputed"
+    assert s.decoder_calls == n + len(inside) and len(inside) < n
+    changed = (s.logits - before).abs() > 1e-6
+    covered = torch.zeros_like(changed)
+    for w in inside:
+        covered[tuple(slice(sl.start, min(sl.stop, d)) for sl, d in zip(w, image.shape[1:]))] = True
+    assert changed.any() and not (changed & ~covered).any(), "only the clicked windows may change"
+
+
+def test_undo_restores_exactly_and_reset(net, image):
+    s = InteractiveSession(net, overlap=0.5)
+    s.set_image(image)
+    auto_l, auto_c = s.logits.clone(), s.confidence.clone()
+    s.add_click((10, 20, 30), positive=True)
+    one = s.logits.clone()
+    s.add_click((60, 40, 3), positive=False)
+    assert not torch.equal(s.logits, one)
+    assert s.undo()
+    assert torch.equal(s.logits, one)
+    assert s.undo() and torch.equal(s.logits, auto_l) and torch.equal(s.confidence, auto_c)
+    assert not s.undo()
+    s.add_click((10, 20, 30))
+    s.reset()
+    assert s.clicks == [] and torch.allclose(s.logits, auto_l, atol=1e-5)
+
+
+def test_click_feeds_previous_mask_and_matches_inferer_in_its_window(net):
+    torch.manual_seed(2)
+    img = torch.randn(1, 32, 32, 32)  # one window: session and inferer see the same prompts
+    s = InteractiveSession(net)
+    s.set_image(img)
+    prob, conf = s.probability.clone(), s.confidence.clone()
+    s.add_click((12, 13, 14), positive=True)
+    ref = SAT3DInferer(roi_size=(32, 32, 32))(
+        img[None], net, points=[[12, 13, 14]], point_labels=[1], prev_mask=prob[None, None],
+        prev_confidence=(conf >= net.confidence_threshold).float()[None, None])
+    assert torch.allclose(s.logits, ref[0, 0], atol=1e-4)
+
+
+def test_errors(net, image):
+    s = InteractiveSession(net)
+    with pytest.raises(ValueError, match="set_image"):
+        s.add_click((1, 1, 1))
+    with pytest.raises(ValueError, match="NaN"):
+        s.set_image(torch.full((1, 8, 8, 8), float("nan")))
+    s.set_image(image)
+    with pytest.raises(ValueError, match="outside the image"):
+        s.add_click((70, 0, 0))
+    with pytest.raises(ValueError, match="3 coordinates"):
+        s.add_click((1, 2))
