@@ -21,7 +21,6 @@ import sys
 import time
 
 import torch
-
 from sat3d import build_sat3d
 from sat3d.flops import count_gmac
 

@@ -12,7 +12,6 @@ import argparse
 import time
 
 import torch
-
 from sat3d import build_sat3d
 from sat3d.session import InteractiveSession
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from sat3d.active_learning import rank_by_uncertainty, uncertainty_score
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from conftest import BUNDLE, SHARED, make_sphere_volume
 from monai.bundle import ConfigParser, verify_metadata
-
 from sat3d.io import clicks_to_voxels, load_clicks_file, mask_statistics, write_nifti_atomic
 
 TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--require_weights", "false"]
@@ -92,6 +91,10 @@ def test_good_files_written_with_input_geometry(first_run):
     assert rows["good.nii.gz"]["volume_ml"] == pytest.approx(expected["volume_ml"])
     assert rows["good.nii.gz"]["components"] == expected["components"]
     assert any(p.name.startswith("results-") and p.suffix == ".csv" for p in out.iterdir())
+    # clicks are honoured at the clicked voxels of the original files (voxel and world coordinates)
+    good = np.asarray(nib.load(str(out / "good_mask.nii.gz")).dataobj)
+    assert good[20, 18, 22] == 1 and good[3, 3, 3] == 0
+    assert np.asarray(nib.load(str(out / "flipped_mask.nii.gz")).dataobj)[10, 10, 10] == 1
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
 

@@ -10,7 +10,6 @@ import nibabel as nib
 import pytest
 import torch
 from conftest import make_sphere_volume
-
 from sat3d import build_sat3d
 from sat3d.export import export_bundle, main
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from sat3d import build_sat3d
 from sat3d.inferer import SAT3DInferer, clicks_in_window
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.nets.swin_unetr import PatchMergingV2
-
 from sat3d import PRESETS, SAT3D, build_sat3d
 from sat3d.flops import count_gmac
 

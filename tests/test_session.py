@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sat3d import build_sat3d
 from sat3d.inferer import SAT3DInferer
 from sat3d.session import InteractiveSession

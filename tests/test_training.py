@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE, make_sphere_volume
-
 from sat3d import build_sat3d
 from sat3d.click_simulation import next_click_volume, sample_error_clicks
 from sat3d.data import load_datalist

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.networks.nets.swin_unetr import WindowAttention, compute_mask
-
 from sat3d.modeling import SwinImageEncoder3D
 from sat3d.modeling.window_attention import CachedMaskBasicLayer, GroupedWindowAttention
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-import torch.distributed as dist
 
 from .click_simulation import sample_error_clicks
 from .losses import CriticLoss, GeneratorLoss

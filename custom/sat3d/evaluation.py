@@ -116,6 +116,7 @@ class InteractiveEvaluation:
         pts: list[list[int]] = []
         lbl: list[int] = []
         prev_mask = prev_conf = None
+        pred = np.zeros_like(gt)
         rows = []
         name = case_name(item["image"])
         threshold_t = getattr(self.network, "confidence_threshold", 0.3)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer, sliding_window_inference
 
+from .transforms import CLICKS_META_KEY
+
 __all__ = ["SAT3DInferer", "clicks_in_window"]
 
 
@@ -97,7 +99,8 @@ class SAT3DInferer(Inferer):
         Args:
             inputs: ``(1, C, D, H, W)`` normalised image (batch size 1: clicks are per image).
             network: a :class:`sat3d.SAT3D`.
-            points: ``(N, 3)`` or ``(1, N, 3)`` click voxel coordinates in ``inputs``.
+            points: ``(N, 3)`` or ``(1, N, 3)`` click voxel coordinates in ``inputs``; when ``None``, clicks that
+                :class:`sat3d.transforms.ClicksFromRequestd` stored in the input's metadata are used.
             point_labels: ``(N,)`` or ``(1, N)`` 1 positive / 0 negative.
             prev_mask: ``(1, 1, D, H, W)`` previous mask probability, aligned with ``inputs``.
             prev_confidence: ``(1, 1, D, H, W)`` previous confidence map, aligned with ``inputs``.
@@ -110,6 +113,8 @@ class SAT3DInferer(Inferer):
         if inputs.shape[0] != 1 and (points is not None or prev_mask is not None):
             raise ValueError("prompts are per image: use batch size 1 with clicks or a previous mask.")
         spatial = tuple(inputs.shape[2:])
+        if points is None and isinstance(inputs, MetaTensor) and inputs.meta.get(CLICKS_META_KEY):
+            points, point_labels = inputs.meta[CLICKS_META_KEY]["points"], inputs.meta[CLICKS_META_KEY]["labels"]
         pts, lbl = _normalise_clicks(points, point_labels, spatial, inputs.device)
         for name, t in (("prev_mask", prev_mask), ("prev_confidence", prev_confidence)):
             if t is not None and tuple(t.shape[2:]) != spatial:
@@ -118,7 +123,6 @@ class SAT3DInferer(Inferer):
         # Sliding windows pad images smaller than the ROI symmetrically; pad here instead so that click and
         # mask coordinates need no shift, and crop the result back.
         pad = [max(r - s, 0) for r, s in zip(self.roi_size, spatial)]
-        padded = _pad_end(inputs, pad)
         dense = None
         if prev_mask is not None or prev_confidence is not None:
             dense = torch.cat(

@@ -20,6 +20,7 @@ __all__ = [
     "list_volumes",
     "case_name",
     "load_clicks_file",
+    "load_click_entry",
     "clicks_to_voxels",
     "mask_statistics",
     "write_nifti_atomic",
@@ -97,23 +98,24 @@ def load_clicks_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]
         raise ValueError(f"clicks file {p} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"clicks file {p} must hold a JSON object keyed by image file name.")
-    out = {}
-    for name, entry in data.items():
-        where = f"clicks file {p}, entry {name!r}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where} must be an object with 'space', 'positive' and/or 'negative'.")
-        unknown = set(entry) - {"space", "positive", "negative"}
-        if unknown:
-            raise ValueError(f"{where} has unknown keys {sorted(unknown)}.")
-        space = entry.get("space", "voxel")
-        if space not in ("voxel", "world"):
-            raise ValueError(f"{where}: 'space' must be 'voxel' or 'world', got {space!r}.")
-        out[name] = {
-            "space": space,
-            "positive": _point_list(entry.get("positive", []), f"{where}, 'positive'"),
-            "negative": _point_list(entry.get("negative", []), f"{where}, 'negative'"),
-        }
-    return out
+    return {name: load_click_entry(entry, f"clicks file {p}, entry {name!r}") for name, entry in data.items()}
+
+
+def load_click_entry(entry: Any, where: str) -> dict[str, Any]:
+    """Validate one image's clicks ``{"space", "positive", "negative"}``; ``where`` names it in errors."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object with 'space', 'positive' and/or 'negative'.")
+    unknown = set(entry) - {"space", "positive", "negative"}
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {sorted(unknown)}.")
+    space = entry.get("space", "voxel")
+    if space not in ("voxel", "world"):
+        raise ValueError(f"{where}: 'space' must be 'voxel' or 'world', got {space!r}.")
+    return {
+        "space": space,
+        "positive": _point_list(entry.get("positive", []), f"{where}, 'positive'"),
+        "negative": _point_list(entry.get("negative", []), f"{where}, 'negative'"),
+    }
 
 
 def clicks_to_voxels(

@@ -16,13 +16,13 @@ import torch
 
 from .io import (
     case_name,
-    clicks_to_voxels,
     list_volumes,
     load_clicks_file,
     mask_statistics,
     write_nifti_atomic,
     write_text_atomic,
 )
+from .transforms import CLICKS_META_KEY
 
 __all__ = ["FolderInference", "load_weights"]
 
@@ -153,19 +153,18 @@ class FolderInference:
         if existing and not self.overwrite:
             logger.warning("%s: outputs %s exist; skipped (set overwrite to true to replace them).", path.name, existing)
             return {**row, "status": "skipped: outputs exist"}
-        data = self.preprocessing({"image": str(path)})
-        image = data["image"]
-        points = labels = None
+        request: dict[str, Any] = {"image": str(path)}
         if clicks:
-            try:
-                points, labels = clicks_to_voxels(
-                    clicks, image.meta["original_affine"], image.affine, image.shape[1:]
-                )
-            except ValueError as e:
-                raise ValueError(f"{path.name}: {e}") from None
-            row["clicks"] = int(len(points))
-        with torch.inference_mode():
-            pred = self.inferer(image.unsqueeze(0).to(self.device), self.network, points=points, point_labels=labels)
+            request.update(foreground=clicks["positive"], background=clicks["negative"], click_space=clicks["space"])
+        data = self.preprocessing(request)
+        image = data["image"]
+        given = image.meta.get(CLICKS_META_KEY)
+        if given:
+            row["clicks"] = int(len(given["labels"]))
+        elif clicks:
+            raise ValueError(f"{path.name}: clicks were given but the preprocessing has no ClicksFromRequestd to map them.")
+        with torch.no_grad():
+            pred = self.inferer(image.unsqueeze(0).to(self.device), self.network)
         data["pred"] = pred[0].cpu()
         data = self.postprocessing(data)
         mask = data["pred"][0].numpy().astype(np.uint8)

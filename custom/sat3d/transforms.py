@@ -74,3 +74,90 @@ class SplitPredictiond(MapTransform):
                 d[key] = MetaTensor(mask, meta=dict(pred.meta))
                 d[self.confidence_key] = MetaTensor(conf, meta=dict(pred.meta))
         return d
+
+
+#: metadata key under which :class:`ClicksFromRequestd` stores clicks in preprocessed voxel coordinates.
+CLICKS_META_KEY = "sat3d_clicks"
+
+
+class ClicksFromRequestd(MapTransform):
+    """Attach clicks from the data dict to the image's metadata, mapped into the preprocessed voxel grid.
+
+    Reads ``foreground`` / ``background`` (MONAI Label / 3D Slicer: lists of ``[i, j, k]`` voxel indices
+    of the image file as stored) and ``click_space`` (``"voxel"`` default, or ``"world"`` for RAS mm).
+    Must come after the spatial transforms (e.g. ``Orientationd``).  :class:`sat3d.inferer.SAT3DInferer`
+    picks the clicks up from the metadata, so they reach the network through the plain
+    ``inferer(inputs, network)`` call that MONAI Label makes.
+
+    Raises:
+        ValueError: naming the image when a click lies outside it or is malformed.
+    """
+
+    def __init__(self, keys: KeysCollection, foreground_key: str = "foreground", background_key: str = "background",
+                 space_key: str = "click_space") -> None:
+        super().__init__(keys)
+        self.foreground_key, self.background_key, self.space_key = foreground_key, background_key, space_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from .io import clicks_to_voxels, load_click_entry
+
+        d = dict(data)
+        fg, bg = d.get(self.foreground_key) or [], d.get(self.background_key) or []
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not isinstance(img, MetaTensor):
+                raise ValueError(f"{key!r} must be a MetaTensor with an affine to map clicks.")
+            img.meta.pop(CLICKS_META_KEY, None)
+            if not len(fg) and not len(bg):
+                continue
+            name = img.meta.get("filename_or_obj", key)
+            entry = load_click_entry({"space": d.get(self.space_key, "voxel"), "positive": _as_list(fg), "negative": _as_list(bg)},
+                                     f"clicks for {name}")
+            try:
+                pts, lbl = clicks_to_voxels(entry, img.meta["original_affine"], img.affine, img.shape[1:])
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+            img.meta[CLICKS_META_KEY] = {"points": pts, "labels": lbl}
+        return d
+
+
+def _as_list(points: Any) -> list:
+    if isinstance(points, torch.Tensor):
+        return points.tolist()
+    if hasattr(points, "tolist"):
+        return points.tolist()
+    return [list(p) for p in points]
+
+
+class EnforceClicksd(MapTransform):
+    """Make the mask agree with the clicks: voxels within ``radius`` of a positive click are tumour,
+    those within ``radius`` of a negative click are background.
+
+    Works on the ``(2, ...)`` inferer output in the preprocessed grid (before inversion), reading the clicks
+    that :class:`ClicksFromRequestd` stored on the image.  ``radius`` 0 disables it.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", radius: int = 1) -> None:
+        super().__init__(keys)
+        if radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}.")
+        self.image_key, self.radius = image_key, int(radius)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        img = d.get(self.image_key)
+        clicks = img.meta.get(CLICKS_META_KEY) if isinstance(img, MetaTensor) else None
+        if not clicks or self.radius == 0:
+            return d
+        r = self.radius
+        for key in self.key_iterator(d):
+            pred = d[key].clone()
+            size = pred.shape[1:]
+            for p, lab in zip(clicks["points"].long().tolist(), clicks["labels"].tolist()):
+                box = tuple(slice(max(c - r, 0), min(c + r + 1, s)) for c, s in zip(p, size))
+                grid = torch.stack(torch.meshgrid(*[torch.arange(b.start, b.stop) for b in box], indexing="ij"), -1)
+                ball = ((grid - torch.tensor(p)) ** 2).sum(-1) <= r * r
+                region = pred[(0, *box)]
+                region[ball] = 20.0 if lab == 1 else -20.0
+            d[key] = pred
+        return d
