@@ -1,7 +1,7 @@
 """A real MONAI Label server serving the exported SAT3D bundle, called like 3D Slicer calls it.
 
 Needs monailabel 0.8.5 (and torchvision); skipped when it is not importable. Run it with
-``bash tests/monailabel/run.sh``, which builds a separate virtual environment for it.
+``bash tests/mlabel_server/run.sh``, which builds a separate virtual environment for it.
 """
 
 from __future__ import annotations
