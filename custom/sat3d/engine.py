@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from .click_simulation import sample_error_clicks
+from .io import atomic_path
 from .losses import CriticLoss, GeneratorLoss
 
 __all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients"]
@@ -174,14 +173,8 @@ class SAT3DTrainer(SupervisedTrainer):
 
 
 def _atomic_save(obj: Any, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target, overwrite=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class TrainingCheckpoints:

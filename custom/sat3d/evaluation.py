@@ -20,7 +20,7 @@ from monai.metrics import (
 )
 
 from .click_simulation import next_click_volume
-from .io import case_name, write_text_atomic
+from .io import atomic_path, case_name, write_text_atomic
 from .runner import as_bool, load_weights
 
 __all__ = ["segmentation_metrics", "InteractiveEvaluation"]
@@ -236,8 +236,7 @@ def plot_results(rows: list[dict[str, Any]], curve_png: Path, box_png: Path) -> 
 
 
 def _save_fig(fig, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(target)
+    with atomic_path(target, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
 
 

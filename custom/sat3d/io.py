@@ -6,7 +6,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "load_click_entry",
     "clicks_to_voxels",
     "mask_statistics",
+    "atomic_path",
     "write_nifti_atomic",
     "write_text_atomic",
 ]
@@ -176,9 +178,11 @@ def _tmp_path(target: Path) -> Path:
     return Path(tmp)
 
 
-def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray, target: str | os.PathLike,
-                       dtype: Any = np.float32, overwrite: bool = False) -> Path:
-    """Write a 3D array as NIfTI through MONAI's ``NibabelWriter``: to a temporary file, then renamed.
+@contextmanager
+def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is renamed to ``target`` in one step.
+
+    A failure (or a kill) while writing leaves no partial ``target`` and removes the temporary file.
 
     Raises:
         FileExistsError: if ``target`` exists and ``overwrite`` is false.
@@ -189,28 +193,26 @@ def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray, tar
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(target)
     try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray, target: str | os.PathLike,
+                       dtype: Any = np.float32, overwrite: bool = False) -> Path:
+    """Write a 3D array as NIfTI through MONAI's ``NibabelWriter``, atomically (see :func:`atomic_path`)."""
+    with atomic_path(target, overwrite) as tmp:
         writer = NibabelWriter(output_dtype=dtype)
         writer.set_data_array(torch.as_tensor(np.asarray(array)), channel_dim=None)
         writer.set_metadata({"affine": np.asarray(affine), "original_affine": np.asarray(affine)}, resample=False)
         writer.write(str(tmp), verbose=False)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+    return Path(target)
 
 
 def write_text_atomic(text: str, target: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write text to ``target`` through a temporary file in the same folder (never half-written)."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; not overwriting it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(target)
-    try:
+    """Write text to ``target`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(target, overwrite) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return target
+    return Path(target)
