@@ -48,11 +48,13 @@ def folder(tmp_path_factory):
     nan[2, 3, 4] = np.nan
     _save(d / "nan.nii.gz", nan, aff)
     _save(d / "clicked_outside.nii.gz", img, aff)
+    _save(d / "bad_clicks.nii.gz", img, aff)
     clicks = {
         "good.nii.gz": {"space": "voxel", "positive": [[20, 18, 22]], "negative": [[3, 3, 3]]},
         "flipped": {"space": "world", "positive": [list((flipped @ [10, 10, 10, 1])[:3])]},
         "clicked_outside.nii.gz": {"positive": [[500, 1, 1]]},
         "not_there.nii.gz": {"positive": [[1, 1, 1]]},
+        "bad_clicks.nii.gz": {"positive": [[1, 2]]},
     }
     cf = tmp_path_factory.mktemp("clicks") / "clicks.json"
     cf.write_text(json.dumps(clicks))
@@ -106,6 +108,7 @@ def test_good_files_written_with_input_geometry(first_run):
         ("flat.nii.gz", ["flat.nii.gz", "2D"]),
         ("nan.nii.gz", ["nan.nii.gz", "NaN"]),
         ("clicked_outside.nii.gz", ["clicked_outside.nii.gz", "outside the image"]),
+        ("bad_clicks.nii.gz", ["bad_clicks.nii.gz", "clicks.json", "three finite numbers"]),
     ],
 )
 def test_bad_files_reported_by_name_and_others_processed(first_run, name, words):

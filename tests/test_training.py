@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BUNDLE, make_sphere_volume
+from ignite.engine import Events
 from sat3d import build_sat3d
 from sat3d.click_simulation import next_click_volume, sample_error_clicks
 from sat3d.data import load_datalist
@@ -113,6 +114,27 @@ def test_iteration_updates_generator_and_critic():
     assert len(moved_crit) == len(crit0), "every critic weight must move (its loss is not detached)"
     grads = [p.grad for p in net.critic.parameters()]
     assert all(g is not None and float(g.abs().sum()) > 0 for g in grads), "critic loss must have gradients"
+
+
+def test_gradient_accumulation_steps_every_n_iterations():
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    lab = torch.zeros(1, 1, 32, 32, 32)
+    lab[:, :, 8:20, 8:20, 8:20] = 1
+    loader = [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab} for _ in range(4)]
+    trainer, _, _ = _trainer(net, loader, accumulation_steps=2)
+    snapshots = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: snapshots.append((net.mask_decoder.mask_token.weight.detach().clone(), net.critic.head.weight.detach().clone())),
+    )
+    start = (net.mask_decoder.mask_token.weight.detach().clone(), net.critic.head.weight.detach().clone())
+    trainer.run()
+    for k in range(2):  # generator and critic
+        assert torch.equal(snapshots[0][k], start[k]), "no step after the first of two accumulated iterations"
+        assert not torch.equal(snapshots[1][k], snapshots[0][k]), "a step after the second"
+        assert torch.equal(snapshots[2][k], snapshots[1][k])
+        assert not torch.equal(snapshots[3][k], snapshots[2][k])
 
 
 def test_generator_pass_leaves_critic_weights_alone():

@@ -71,7 +71,7 @@ def _point_list(value: Any, where: str) -> list[list[float]]:
     return points
 
 
-def load_clicks_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
+def load_clicks_file(path: str | os.PathLike | None, lenient: bool = False) -> dict[str, dict[str, Any]]:
     """Read and validate a clicks file.
 
     Format (JSON), keyed by input file name (``case1.nii.gz``) or case name (``case1``)::
@@ -83,11 +83,17 @@ def load_clicks_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]
     coordinates are millimetres in the NIfTI's RAS world frame (what the file's affine maps to, e.g. the
     RAS coordinates 3D Slicer shows).
 
+    Args:
+        path: the JSON file, or ``None``.
+        lenient: a malformed entry becomes ``{"error": message}`` instead of raising, so that only that
+            image fails and the others are processed.
+
     Returns:
         ``{name: {"space": str, "positive": [[...]], "negative": [[...]]}}`` (empty without a file).
 
     Raises:
-        ValueError: naming the file and the problem when the file is missing, not JSON or malformed.
+        ValueError: naming the file and the problem when the file is missing, not JSON, not an object, or
+            (unless ``lenient``) has a malformed entry.
     """
     if path is None or str(path) in ("", "None", "none"):
         return {}
@@ -100,7 +106,15 @@ def load_clicks_file(path: str | os.PathLike | None) -> dict[str, dict[str, Any]
         raise ValueError(f"clicks file {p} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"clicks file {p} must hold a JSON object keyed by image file name.")
-    return {name: load_click_entry(entry, f"clicks file {p}, entry {name!r}") for name, entry in data.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in data.items():
+        try:
+            out[name] = load_click_entry(entry, f"clicks file {p}, entry {name!r}")
+        except ValueError as e:
+            if not lenient:
+                raise
+            out[name] = {"error": str(e)}
+    return out
 
 
 def load_click_entry(entry: Any, where: str) -> dict[str, Any]:

@@ -154,6 +154,8 @@ class FolderInference:
             logger.warning("%s: outputs %s exist; skipped (set overwrite to true to replace them).", path.name, existing)
             return {**row, "status": "skipped: outputs exist"}
         request: dict[str, Any] = {"image": str(path)}
+        if clicks and "error" in clicks:
+            raise ValueError(f"{path.name}: {clicks['error']}")
         if clicks:
             request.update(foreground=clicks["positive"], background=clicks["negative"], click_space=clicks["space"])
         data = self.preprocessing(request)
@@ -179,7 +181,7 @@ class FolderInference:
     def run(self) -> list[dict[str, Any]]:
         """Process the whole folder; returns the result rows (also written as JSON and CSV)."""
         files = list_volumes(self.dataset_dir)
-        clicks = load_clicks_file(self.clicks_file)
+        clicks = load_clicks_file(self.clicks_file, lenient=True)
         known = {p.name for p in files} | {case_name(p) for p in files}
         unknown = sorted(set(clicks) - known)
         if unknown:
