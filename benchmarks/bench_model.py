@@ -83,6 +83,46 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
     return res
 
 
+def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5, repeats: int = 3) -> dict:
+    """Time one min-max training iteration (batch 3, 5 prompt steps, 128^3 crops) and its peak memory."""
+    from sat3d.engine import SAT3DTrainer
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_base").to(device)
+    lab = torch.zeros(batch, 1, 128, 128, 128)
+    lab[:, :, 40:90, 40:90, 40:90] = 1
+    loader = [{"image": torch.randn(batch, 1, 128, 128, 128), "label": lab}] * (repeats + 1)
+    trainer = SAT3DTrainer(
+        device=device, max_epochs=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.AdamW(net.generator_parameters(), lr=8e-4, weight_decay=1e-5),
+        critic_optimizer=torch.optim.AdamW(net.critic.parameters(), lr=2e-4), num_prompt_steps=prompt_steps,
+        amp=device.type == "cuda", decollate=False,
+    )
+    times: list[float] = []
+    start: list[float] = []
+
+    def tic(_):
+        _sync(device)
+        start.append(time.perf_counter())
+
+    def toc(_):
+        _sync(device)
+        times.append(time.perf_counter() - start[-1])
+
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, tic)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, toc)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.run()
+    steady = sorted(times[1:])
+    out = {"train_step_ms": 1000 * steady[len(steady) // 2]}
+    if device.type == "cuda":
+        out["train_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
 def bench_ct_volume() -> dict:
     """Whole-volume inference of a 512x512x300 CT in a child process; wall time and peak RSS."""
     code = r"""
@@ -116,6 +156,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ct-volume", action="store_true", help="also run a 512x512x300 volume on the CPU")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
+    p.add_argument("--train-step", action="store_true",
+                   help="also time a training iteration (batch 3, 5 prompt steps; on the CPU this takes minutes)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     args = p.parse_args()
 
@@ -145,6 +187,12 @@ def main() -> None:
             print(_row(label, res[key], ref.get(ref_key), tgt.get(key), "ms"))
         if "memory_gib" in res:
             print(_row("peak GPU memory", res["memory_gib"], ref["memory_gib"], None, "GiB"))
+        if args.train_step:
+            tr = bench_train_step(dev)
+            res.update(tr)
+            print(_row("training step (b3, m5)", tr["train_step_ms"], 632.0 if dev.type == "cuda" else None, None, "ms"))
+            if "train_memory_gib" in tr:
+                print(_row("training peak memory", tr["train_memory_gib"], 27.7, None, "GiB"))
         if dev.type == "cuda":
             bf16 = bench_device(dev, max(args.repeats, 20), torch.bfloat16)
             report["cuda_bf16"] = bf16

@@ -72,3 +72,12 @@ def test_bad_clicks_raise_clear_errors():
         inf(img, net, points=[[4, 1, 1]], point_labels=[2])
     with pytest.raises(ValueError, match="size"):
         inf(img, net, prev_mask=torch.zeros(1, 1, 31, 32, 32))
+
+
+def test_clicked_windows_only_blanks_windows_without_positive_clicks():
+    net = Recorder()
+    img = torch.ones(1, 1, 64, 32, 32)  # the stand-in echoes the image: logit 1 everywhere
+    out = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.0, mode="constant", clicked_windows_only=True)(
+        img, net, points=[[5, 5, 5]], point_labels=[1])
+    assert float(out[0, 0, :32].min()) == 1.0, "the clicked window keeps its prediction"
+    assert float(out[0, 0, 32:].max()) < -10, "windows without a positive click are background"
