@@ -239,3 +239,19 @@ def test_missing_weights_give_a_clear_message(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode != 0
     assert f"no SAT3D weights at {tmp_path / 'none.pt'}" in proc.stderr + proc.stdout
+
+
+def test_demo_data_and_clicks_file_run_end_to_end(tmp_path):
+    demo = tmp_path / "sample_data"
+    subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(demo)], check=True, capture_output=True)
+    clicks = json.loads((demo / "clicks.json").read_text())
+    (i, j, k), = clicks["phantom_ct.nii.gz"]["positive"]
+    src = nib.load(str(demo / "phantom_ct.nii.gz"))
+    assert src.get_fdata()[i, j, k] > 50, "the demo click must lie in the lesion (about 90 HU)"
+    again = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(demo)], capture_output=True, text=True)
+    assert "exists; kept" in again.stdout
+    out = tmp_path / "output"
+    proc = run_inference(demo, out, "--clicks_file", str(demo / "clicks.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mask = nib.load(str(out / "phantom_ct_mask.nii.gz"))
+    assert mask.shape == src.shape and np.asarray(mask.dataobj)[i, j, k] == 1
