@@ -126,7 +126,7 @@ class PromptEncoder3D(nn.Module):
         Returns:
             sparse ``(B, N, embed_dim)`` (``N = 0`` without clicks) and dense ``(B, embed_dim, d, h, w)``.
         """
-        b = _batch_size(points, prev_mask, confidence, batch_size)
+        b = next((int(t.shape[0]) for t in (points, prev_mask, confidence) if t is not None), int(batch_size or 1))
         device = self.no_mask_embed.weight.device
         if points is not None and points.shape[1] > 0:
             if point_labels is None:
@@ -148,10 +148,3 @@ class PromptEncoder3D(nn.Module):
         )
         return sparse, dense
 
-
-def _batch_size(*tensors_and_default) -> int:
-    *tensors, default = tensors_and_default
-    for t in tensors:
-        if t is not None:
-            return int(t.shape[0])
-    return int(default or 1)
