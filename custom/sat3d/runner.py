@@ -44,34 +44,14 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require: bool = True) -> bool:
-    """Load a SAT3D state dict (``network.state_dict()``, critic included) into ``network``.
+def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require: bool = True,
+                 expect: dict[str, Any] | None = None) -> bool:
+    """Load SAT3D weights into ``network``; see :func:`sat3d.weights.load_weights`. Returns whether weights were loaded."""
+    from .weights import load_weights as _load
 
-    Accepts a plain state dict or a training checkpoint holding it under ``"network"``.
-
-    Returns:
-        whether weights were loaded.
-
-    Raises:
-        FileNotFoundError: if ``require`` and there is no file at ``ckpt_path``.
-    """
     path = Path(ckpt_path) if ckpt_path not in (None, "", "None", "none") else None
-    if path is None or not path.is_file():
-        msg = (
-            f"no SAT3D weights at {path}. This release ships no trained weights (see bundle/docs/README.md): "
-            "train your own with the train workflow, or pass --ckpt_path to a model.pt. "
-            "Set require_weights to false only for testing with random weights."
-        )
-        if require:
-            raise FileNotFoundError(msg)
-        logger.warning("%s Using RANDOM weights: the masks are meaningless.", msg)
-        return False
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
-        state = state["network"]
-    network.load_state_dict(state)
-    logger.info("loaded weights from %s", path)
-    return True
+    _load(network, ckpt_path, require, expect)
+    return path is not None and path.exists()
 
 
 def _root_cause(e: BaseException) -> str:
@@ -109,6 +89,8 @@ class FolderInference:
         device: device of the network.
         overwrite: replace existing outputs.
         fail_on_error: raise at the end if any file failed (after processing all of them).
+        settings: the run's model settings (roi_size, spacing, ...), checked against the configuration
+            stored with the weights (:func:`sat3d.weights.check_config`).
     """
 
     def __init__(
@@ -125,6 +107,7 @@ class FolderInference:
         device: str | torch.device = "cpu",
         overwrite: bool = False,
         fail_on_error: bool = True,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.output_dir = Path(output_dir)
@@ -138,6 +121,7 @@ class FolderInference:
         self.device = torch.device(device)
         self.overwrite = as_bool(overwrite)
         self.fail_on_error = as_bool(fail_on_error)
+        self.settings = dict(settings or {})
         self.results: list[dict[str, Any]] = []
 
     def _clicks_for(self, clicks: dict, path: Path) -> dict | None:
@@ -186,7 +170,7 @@ class FolderInference:
         unknown = sorted(set(clicks) - known)
         if unknown:
             logger.warning("clicks file %s names files not in %s: %s", self.clicks_file, self.dataset_dir, unknown)
-        load_weights(self.network, self.ckpt_path, self.require_weights)
+        load_weights(self.network, self.ckpt_path, self.require_weights, self.settings)
         self.network.to(self.device).eval()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.results = []

@@ -1,0 +1,59 @@
+"""Weights files carry their configuration; runs that contradict it are refused with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sat3d import build_sat3d
+from sat3d.weights import DEFAULT_CONFIG, check_config, load_weights, read_config, read_weights, save_weights
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_sat3d("sat3d_tiny")
+
+
+def test_round_trip_fp16_storage_loaded_as_fp32(tiny, tmp_path):
+    path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32], "training": "unit test"})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "sat3d-weights" and raw["state_dict"]["mask_decoder.mask_token.weight"].dtype == torch.float16
+    state, cfg = read_weights(path)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    ref = tiny.state_dict()
+    assert all(torch.allclose(state[k], ref[k], atol=2e-3, rtol=1e-3) for k in ref)
+    assert cfg["preset"] == "sat3d_tiny" and cfg["roi_size"] == [32, 32, 32] and cfg["training"] == "unit test"
+    assert cfg["spacing"] == DEFAULT_CONFIG["spacing"] and "version" in cfg
+    net = build_sat3d("sat3d_tiny")
+    assert load_weights(net, path, expect={"roi_size": [32, 32, 32], "preset": "sat3d_tiny"})["preset"] == "sat3d_tiny"
+    assert torch.equal(net.state_dict()["mask_decoder.mask_token.weight"], state["mask_decoder.mask_token.weight"])
+
+
+def test_contradicting_settings_are_refused(tiny, tmp_path):
+    path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32]})
+    with pytest.raises(ValueError, match=r"roi_size \[64, 64, 64\] \(weights: \[32, 32, 32\]\)"):
+        load_weights(build_sat3d("sat3d_tiny"), path, expect={"roi_size": [64, 64, 64]})
+    with pytest.raises(ValueError, match="spacing"):
+        check_config(read_config(path), str(path), spacing=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="intensity"):
+        check_config(read_config(path), str(path), intensity={"name": "foreground_zscore", "clip": 3.0})
+    check_config(read_config(path), str(path), roi_size=(32, 32, 32), spacing=[1.5, 1.5, 1.5], mask_threshold=0.5)
+
+
+def test_bad_files_are_named(tiny, tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pt is not a readable SAT3D weights file"):
+        load_weights(tiny, text)
+    with pytest.raises(ValueError, match="is a folder"):
+        load_weights(tiny, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no SAT3D weights"):
+        load_weights(tiny, tmp_path / "absent.pt")
+    state = dict(tiny.state_dict())
+    state.pop("critic.head.weight")
+    torch.save(state, tmp_path / "truncated.pt")
+    with pytest.raises(ValueError, match=r"1 missing \(e\.g\. \['critic\.head\.weight'\]\)"):
+        load_weights(build_sat3d("sat3d_tiny"), tmp_path / "truncated.pt")
+    base = build_sat3d("sat3d_base")
+    with pytest.raises(ValueError, match="does not fit this network"):
+        load_weights(base, save_weights(tiny, tmp_path / "tiny.pt", {"preset": "sat3d_tiny"}))
