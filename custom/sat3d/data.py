@@ -16,7 +16,7 @@ from monai.transforms import MapTransform, Randomizable
 __all__ = ["load_datalist", "RandSelectTargetd", "SelectTargetd"]
 
 
-def _check_pair(image: Path, label: Path, target_labels: Sequence[int] | None, where: str) -> None:
+def _check_pair(image: Path, label: Path, target_labels: Sequence[int] | None, where: str, host_only: bool = False) -> None:
     for p, kind in ((image, "image"), (label, "label")):
         if not p.is_file():
             raise ValueError(f"{where}: {kind} file {p} does not exist.")
@@ -28,6 +28,8 @@ def _check_pair(image: Path, label: Path, target_labels: Sequence[int] | None, w
         raise ValueError(f"{where}: image {image.name} has shape {img_h.shape[:3]} but label {label.name} has {lab.shape[:3]}.")
     if not np.allclose(img_h.affine, lab.affine, atol=1e-3):
         raise ValueError(f"{where}: image {image.name} and label {label.name} have different affines (geometry).")
+    if host_only:
+        return
     values = np.unique(np.asarray(lab.dataobj))
     wanted = [v for v in values if v != 0 and (target_labels is None or int(v) in target_labels)]
     if not wanted:
@@ -46,7 +48,9 @@ def load_datalist(
     """Read an MSD-style datalist and check every case before training starts.
 
     The datalist is JSON ``{"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
-    "validation": [...]}`` with paths relative to ``dataset_dir`` (absolute paths are kept).
+    "validation": [...]}`` with paths relative to ``dataset_dir`` (absolute paths are kept).  A case may name
+    its own ``"target_classes"`` (label values whose union is the tumour); ``[]`` marks a scan without a
+    tumour label, used only as host anatomy for synthetic lesions.
 
     Args:
         dataset_dir: root of the relative paths.
@@ -79,14 +83,21 @@ def load_datalist(
         if not isinstance(item, dict) or "image" not in item or "label" not in item:
             raise ValueError(f"{where} must be an object with 'image' and 'label'.")
         image, label = root / item["image"], root / item["label"]
+        classes = item.get("target_classes")
+        if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, int) for c in classes)):
+            raise ValueError(f"{where}: 'target_classes' must be a list of label values, got {classes!r}.")
         if check:
-            _check_pair(image, label, target_labels, where)
+            _check_pair(image, label, classes if classes else target_labels, where, host_only=classes == [])
         items.append({**item, "image": str(image), "label": str(label)})
     return items
 
 
 class SelectTargetd(MapTransform):
-    """Turn a multi-class label into a binary target of one class (the first of ``target_labels`` present)."""
+    """Turn a multi-class label into a binary target of one class (the first of ``target_labels`` present).
+
+    A case whose data dict holds ``target_classes`` (see :func:`load_datalist`) gets the union of those
+    classes instead (all background for ``[]``).
+    """
 
     def __init__(self, keys: KeysCollection, target_labels: Sequence[int] = (1,)) -> None:
         super().__init__(keys)
@@ -101,6 +112,13 @@ class SelectTargetd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lab = d[key]
+            if d.get("target_classes") is not None:
+                classes = torch.as_tensor([int(c) for c in d["target_classes"]], dtype=torch.float32)
+                t = torch.as_tensor(lab)
+                binary = torch.isin(t.float(), classes.to(t.device)).to(torch.float32)
+                d[key] = type(lab)(binary, meta=dict(lab.meta)) if hasattr(lab, "meta") else binary
+                d["target_label"] = -1
+                continue
             present = [v for v in self.target_labels if bool((lab == v).any())]
             chosen = self.choose(present) if present else self.target_labels[0]
             d[key] = (lab == chosen).to(torch.float32) if isinstance(lab, torch.Tensor) else (lab == chosen).astype(np.float32)

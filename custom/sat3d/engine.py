@@ -70,6 +70,7 @@ class SAT3DTrainer(SupervisedTrainer):
         generator_loss: defaults to ``GeneratorLoss(0.01, 0.1, T)``.
         critic_loss: defaults to :class:`~sat3d.losses.CriticLoss`.
         seed: seed of the click sampler.
+        grad_clip: clip each network's gradient norm to this value before its step (``None``: no clipping).
         other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
             ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
     """
@@ -82,6 +83,7 @@ class SAT3DTrainer(SupervisedTrainer):
         generator_loss: GeneratorLoss | None = None,
         critic_loss: torch.nn.Module | None = None,
         seed: int = 0,
+        grad_clip: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
@@ -97,6 +99,9 @@ class SAT3DTrainer(SupervisedTrainer):
         self.generator_loss = generator_loss or GeneratorLoss(threshold=net.confidence_threshold)
         self.critic_loss = critic_loss or CriticLoss()
         self.click_generator = torch.Generator().manual_seed(int(seed))
+        if grad_clip is not None and float(grad_clip) <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}.")
+        self.grad_clip = float(grad_clip) if grad_clip is not None else None
         self.critic_scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
     def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
@@ -114,6 +119,10 @@ class SAT3DTrainer(SupervisedTrainer):
         if not step:
             return
         average_gradients(params)
+        if self.grad_clip is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -146,11 +155,11 @@ class SAT3DTrainer(SupervisedTrainer):
                 if s > 0:
                     new_p, new_l = sample_error_clicks((prob.detach() > 0.5).float(), targets, engine.click_generator)
                     points, labels = torch.cat([points, new_p], 1), torch.cat([labels, new_l], 1)
-                low, _ = net.decode(embedding, points, labels, prev_mask, prev_conf)
+                low, iou_pred = net.decode(embedding, points, labels, prev_mask, prev_conf)
                 logits = F.interpolate(low, size=images.shape[2:], mode="trilinear", align_corners=False)
                 prob = torch.sigmoid(logits)
                 critic_logits = net.critic.forward_logits(images, prob)
-                parts = engine.generator_loss(logits.float(), targets, critic_logits.float())
+                parts = engine.generator_loss(logits.float(), targets, critic_logits.float(), iou_pred)
                 total = total + parts["loss"] / engine.num_prompt_steps
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + float(v.detach()) / engine.num_prompt_steps
@@ -194,6 +203,10 @@ class TrainingCheckpoints:
         interval: write ``latest`` every this many iterations (and at the end of each epoch).
         validator: evaluator whose key metric (mean Dice) selects ``best_dice``.
         model_export: path of the exported ``model.pt`` (``None`` = ``ckpt_dir/model.pt``).
+        model_config: configuration written with ``model.pt`` (see :mod:`sat3d.weights`): preset, roi_size,
+            spacing, intensity, thresholds, a one-line training summary.
+        init_weights: weights file to start from when there is no checkpoint to resume (fine-tuning,
+            e.g. the shipped ``bundle/models/model.pt``); its configuration must match ``model_config``.
     """
 
     def __init__(
@@ -206,6 +219,8 @@ class TrainingCheckpoints:
         interval: int = 100,
         validator: Engine | None = None,
         model_export: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        init_weights: str | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"checkpoint interval must be >= 1 iteration, got {interval}.")
@@ -217,6 +232,8 @@ class TrainingCheckpoints:
         self.interval = int(interval)
         self.validator = validator
         self.model_export = Path(model_export) if model_export else self.dir / "model.pt"
+        self.model_config = dict(model_config or {})
+        self.init_weights = init_weights if init_weights not in (None, "", "None", "none") else None
         self.best_loss = float("inf")
         self.best_dice = -float("inf")
         self._epoch_losses: list[float] = []
@@ -249,8 +266,11 @@ class TrainingCheckpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_save(self.state(trainer), self.dir / f"checkpoint_{which}.pt")
         if which == "latest":
-            self.model_export.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save(self.network.state_dict(), self.model_export)
+            from .weights import save_weights
+
+            config = dict(self.model_config)
+            config.setdefault("training", f"sat3d train workflow, iteration {trainer.state.iteration}, epoch {trainer.state.epoch}")
+            save_weights(self.network, self.model_export, config, half=False)
 
     def resume(self, trainer: Engine, enabled: bool = True) -> bool:
         """Load ``checkpoint_latest.pt`` if it exists; returns whether the run resumes."""
@@ -281,7 +301,12 @@ class TrainingCheckpoints:
         """
         from .runner import as_bool
 
-        self.resume(trainer, as_bool(resume))
+        if not self.resume(trainer, as_bool(resume)) and self.init_weights:
+            from .weights import CHECKED_KEYS, load_weights
+
+            expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS}
+            load_weights(self.network, self.init_weights, require=True, expect=expect)
+            logger.info("fine-tuning from %s", self.init_weights)
         if trainer.state.epoch >= trainer.state.max_epochs:
             logger.warning(
                 "training already finished: epoch %d of max_epochs %d in %s; raise max_epochs to continue.",

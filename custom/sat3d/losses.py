@@ -7,7 +7,16 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["GeneratorLoss", "CriticLoss", "uncertainty_masked_bce"]
+__all__ = ["GeneratorLoss", "CriticLoss", "uncertainty_masked_bce", "mask_iou"]
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """IoU ``(B,)`` of the thresholded prediction with the target (1 when both are empty)."""
+    pred = torch.sigmoid(logits.detach().float()) > threshold
+    t = target > 0.5
+    inter = (pred & t).flatten(1).sum(1).float()
+    union = (pred | t).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
 
 
 def uncertainty_masked_bce(logits: torch.Tensor, target: torch.Tensor, uncertain: torch.Tensor) -> torch.Tensor:
@@ -24,33 +33,44 @@ def uncertainty_masked_bce(logits: torch.Tensor, target: torch.Tensor, uncertain
 
 
 class GeneratorLoss(nn.Module):
-    """``Dice+CE + lambda_adv * adversarial + lambda_unc * uncertainty-masked CE`` (paper: 0.01, 0.1, T=0.3).
+    """``Dice+CE + lambda_adv * adversarial + lambda_unc * uncertainty-masked CE + lambda_iou * IoU MSE``.
 
-    The adversarial term asks the critic to call the prediction real (BCE of the critic's logits against
-    1), so its gradient reaches the generator through the predicted probability.
+    Paper weights: 0.01, 0.1, T = 0.3.  The adversarial term asks the critic to call the prediction real
+    (BCE of the critic's logits against 1), so its gradient reaches the generator through the predicted
+    probability.  The IoU term trains the decoder's IoU head as in SAM: MSE between the predicted IoU and
+    the IoU of the thresholded prediction with the ground truth (its predicted quality per case).
 
     Args:
         lambda_adv: weight of the adversarial term.
         lambda_unc: weight of the uncertainty-masked CE.
-        threshold: confidence below which a voxel is uncertain.
+        threshold: confidence below which a voxel is uncertain (T).
+        lambda_iou: weight of the IoU-head MSE (used when the IoU prediction is passed).
+        mask_threshold: probability threshold of the mask whose IoU is predicted.
     """
 
-    def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = 0.3) -> None:
+    def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = 0.3,
+                 lambda_iou: float = 1.0, mask_threshold: float = 0.5) -> None:
         super().__init__()
-        if lambda_adv < 0 or lambda_unc < 0:
-            raise ValueError(f"loss weights must be >= 0, got lambda_adv={lambda_adv}, lambda_unc={lambda_unc}.")
+        if lambda_adv < 0 or lambda_unc < 0 or lambda_iou < 0:
+            raise ValueError(
+                f"loss weights must be >= 0, got lambda_adv={lambda_adv}, lambda_unc={lambda_unc}, lambda_iou={lambda_iou}."
+            )
         self.seg = DiceCELoss(sigmoid=True)
         self.lambda_adv = float(lambda_adv)
         self.lambda_unc = float(lambda_unc)
+        self.lambda_iou = float(lambda_iou)
         self.threshold = float(threshold)
+        self.mask_threshold = float(mask_threshold)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor, critic_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, critic_logits: torch.Tensor,
+                iou_pred: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Return the total and each term.
 
         Args:
             logits: ``(B, 1, D, H, W)`` mask logits.
             target: ``(B, 1, D, H, W)`` binary ground truth.
             critic_logits: ``(B, 1, D, H, W)`` critic logits on (image, sigmoid(logits)), not detached.
+            iou_pred: ``(B, 1)`` the decoder's predicted IoU, or ``None``.
         """
         target = target.to(logits.dtype)
         seg = self.seg(logits, target)
@@ -58,7 +78,12 @@ class GeneratorLoss(nn.Module):
         uncertain = torch.sigmoid(critic_logits.detach()) < self.threshold
         unc = uncertainty_masked_bce(logits.float(), target.float(), uncertain)
         total = seg + self.lambda_adv * adv + self.lambda_unc * unc
-        return {"loss": total, "seg": seg, "adv": adv, "unc": unc, "uncertain_fraction": uncertain.float().mean()}
+        out = {"seg": seg, "adv": adv, "unc": unc, "uncertain_fraction": uncertain.float().mean()}
+        if iou_pred is not None:
+            true_iou = mask_iou(logits, target, self.mask_threshold)
+            out["iou"] = F.mse_loss(iou_pred.float().reshape(-1), true_iou)
+            total = total + self.lambda_iou * out["iou"]
+        return {"loss": total, **out}
 
 
 class CriticLoss(nn.Module):

@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-__all__ = ["ValidateVolumed", "SplitPredictiond"]
+__all__ = ["ValidateVolumed", "ForegroundNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
 
 
 class ValidateVolumed(MapTransform):
@@ -39,6 +39,45 @@ class ValidateVolumed(MapTransform):
                 raise ValueError(f"{name}: image contains {n} NaN or infinite voxels.")
         return d
 
+
+def foreground_zscore(x: torch.Tensor, clip: float | None = 5.0) -> torch.Tensor:
+    """Z-score ``x`` with the mean and std of its foreground, the voxels above the volume's mean.
+
+    The foreground rule needs no modality: CT air, the zero background of MR and PET's cold body fall
+    below the mean, so soft tissue (CT), tissue (MR) and uptake (PET) set the scale.  Values are clipped to
+    ``[-clip, clip]`` (hot PET lesions and metal stay the brightest without dominating the input).
+    """
+    x = x.float()
+    fg = x[x > x.mean()]
+    if fg.numel() < 2:
+        fg = x.reshape(-1)
+    mu, sd = fg.mean(), fg.std()
+    out = (x - mu) / torch.clamp(sd, min=1e-6)
+    return out.clamp(-clip, clip) if clip else out
+
+
+class ForegroundNormalized(MapTransform):
+    """Per-volume intensity normalisation of SAT3D: see :func:`foreground_zscore`.
+
+    Args:
+        keys: image keys.
+        clip: clip the z-scores to ``[-clip, clip]`` (``None``/0: no clipping).
+    """
+
+    def __init__(self, keys: KeysCollection, clip: float | None = 5.0, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if clip is not None and clip < 0:
+            raise ValueError(f"clip must be positive or None, got {clip}.")
+        self.clip = clip
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = torch.stack([foreground_zscore(torch.as_tensor(c), self.clip) for c in img])
+            d[key] = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations)) \
+                if isinstance(img, MetaTensor) else out
+        return d
 
 
 class SplitPredictiond(MapTransform):
