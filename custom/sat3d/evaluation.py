@@ -56,25 +56,32 @@ def segmentation_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[flo
 
 
 class InteractiveEvaluation:
-    """Evaluate SAT3D with simulated clicks on every case of a datalist.
+    """Evaluate SAT3D with simulated clicks on every case of a datalist, through the user's session.
 
-    For each case the prediction without clicks is scored (K = 0); then clicks are added one at a time at
-    the centre of the largest error region (:func:`sat3d.click_simulation.next_click_volume`), each time
-    feeding the previous mask and binarised confidence back through the sliding-window inferer, and the
-    prediction is scored after each K in ``clicks``.  Writes ``per_case.csv``, ``summary.csv``,
-    ``summary.md``, ``dice_vs_clicks.png`` and ``boxplot_dice.png`` to ``output_dir``.
+    Each case is loaded with the bundle's preprocessing and given to :class:`sat3d.session.InteractiveSession`,
+    the object users and the MONAI Label path drive: the automatic result is scored (K = 0), then clicks
+    are added one at a time at the centre of the largest error region
+    (:func:`sat3d.click_simulation.next_click_volume`), each re-decoding the windows that contain it with
+    the previous mask and confidence fed back, and the mask is scored after each K in ``clicks``.  With
+    ``baseline`` a non-learned :class:`sat3d.baseline.RegionGrowing` is run under the same protocol
+    (its clicks simulated from its own errors).  Metrics are computed on the preprocessed (resampled)
+    grid with its spacing.  Writes ``per_case.csv``, ``summary.csv``, ``summary.md`` (per method,
+    modality and K), ``dice_vs_clicks.png`` and ``boxplot_dice.png`` to ``output_dir``.
 
     Args:
-        datalist: cases ``{"image", "label"}`` (see :func:`sat3d.data.load_datalist`).
+        datalist: cases ``{"image", "label"}`` (see :func:`sat3d.data.load_datalist`); an optional
+            ``modality`` groups the summary.
         output_dir: results folder (existing result files are not overwritten unless ``overwrite``).
         network: SAT3D network.
         preprocessing: dict transform loading ``image`` and ``label`` (binary target).
-        inferer: :class:`sat3d.inferer.SAT3DInferer`.
+        inferer: :class:`sat3d.inferer.SAT3DInferer` whose window, overlap and blending the session uses.
         clicks: the K values to score; clicks are simulated up to ``max(clicks)``.
-        ckpt_path, require_weights: see :func:`sat3d.runner.load_weights`.
+        ckpt_path, require_weights: see :func:`sat3d.weights.load_weights`.
         device: network device.
         threshold: mask probability threshold.
         overwrite: replace existing result files.
+        baseline: also evaluate the region-growing baseline.
+        settings: the run's model settings, checked against the weights' configuration.
     """
 
     def __init__(
@@ -84,12 +91,14 @@ class InteractiveEvaluation:
         network: torch.nn.Module,
         preprocessing: Callable,
         inferer: Callable,
-        clicks: Sequence[int] = (0, 5, 10, 15, 20),
+        clicks: Sequence[int] = (0, 1, 3, 5, 10),
         ckpt_path: str | None = None,
         require_weights: bool = True,
         device: str | torch.device = "cpu",
         threshold: float = 0.5,
         overwrite: bool = False,
+        baseline: bool = True,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         if not clicks or any(int(k) < 0 for k in clicks):
             raise ValueError(f"clicks must be non-negative counts, got {clicks}.")
@@ -104,40 +113,63 @@ class InteractiveEvaluation:
         self.device = torch.device(device)
         self.threshold = float(threshold)
         self.overwrite = as_bool(overwrite)
+        self.baseline = as_bool(baseline)
+        self.settings = dict(settings or {})
         self.rows: list[dict[str, Any]] = []
 
-    def evaluate_case(self, item: dict[str, Any]) -> list[dict[str, Any]]:
-        """Rows (one per K) for one case."""
-        data = self.preprocessing(dict(item))
-        image, label = data["image"], data["label"]
-        gt = label[0].numpy() > 0.5
-        spacing = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)
-        img = image.unsqueeze(0).to(self.device)
-        pts: list[list[int]] = []
-        lbl: list[int] = []
-        prev_mask = prev_conf = None
-        pred = np.zeros_like(gt)
+    def _session(self):
+        from .session import InteractiveSession
+
+        return InteractiveSession(
+            self.network,
+            roi_size=getattr(self.inferer, "roi_size", None),
+            overlap=getattr(self.inferer, "overlap", 0.25),
+            mode=getattr(self.inferer, "mode", "gaussian"),
+            device=self.device,
+            threshold=self.threshold,
+        )
+
+    def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict) -> list[dict[str, Any]]:
+        """Score ``predict(clicks) -> mask`` after each K of simulated clicks."""
+        given: list[tuple[tuple[int, int, int], int]] = []
         rows = []
-        name = case_name(item["image"])
-        threshold_t = getattr(self.network, "confidence_threshold", 0.3)
+        pred = predict(given)
         for k in range(self.clicks[-1] + 1):
             if k > 0:
                 nxt = next_click_volume(pred, gt)
                 if nxt is not None:
-                    pts.append(list(nxt[0]))
-                    lbl.append(nxt[1])
-            with torch.inference_mode():
-                out = self.inferer(img, self.network, points=pts or None, point_labels=lbl or None,
-                                   prev_mask=prev_mask, prev_confidence=prev_conf)
-            prob = torch.sigmoid(out[:, :1].as_tensor())
-            prev_mask = prob
-            prev_conf = (out[:, 1:2].as_tensor() >= threshold_t).float()
-            pred = prob[0, 0].cpu().numpy() > self.threshold
+                    given.append(nxt)
+                    pred = predict(given)
             if k in self.clicks:
-                row = {"case": name, "target": item.get("target", data.get("target_label", 1)), "clicks": k,
-                       "clicks_given": len(pts), **segmentation_metrics(pred, gt, spacing)}
+                row = {**base, "method": method, "clicks": k, "clicks_given": len(given), **segmentation_metrics(pred, gt, spacing)}
                 rows.append(row)
-                logger.info("%s K=%d dice=%.3f hd95=%.1f mm", name, k, row["dice"], row["hd95_mm"])
+                logger.info("%s %s K=%d dice=%.3f hd95=%.1f mm", name, method, k, row["dice"], row["hd95_mm"])
+        return rows
+
+    def evaluate_case(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rows (one per method and K) for one case."""
+        data = self.preprocessing(dict(item))
+        image, label = data["image"], data["label"]
+        gt = label[0].numpy() > 0.5
+        spacing = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)
+        name = case_name(item["image"])
+        base = {"case": name, "modality": item.get("modality", ""), "target": item.get("target", data.get("target_label", 1))}
+        session = self._session()
+        session.set_image(torch.as_tensor(image))
+
+        def sat3d_predict(clicks):
+            while len(session.clicks) < len(clicks):
+                c, lab = clicks[len(session.clicks)]
+                session.add_click(c, positive=lab == 1)
+            return session.mask.cpu().numpy() > 0
+
+        rows = self._drive(name, "sat3d", sat3d_predict, gt, spacing, base)
+        if self.baseline:
+            from .baseline import RegionGrowing
+
+            rg = RegionGrowing()
+            rg.set_image(torch.as_tensor(image)[0].numpy(), spacing)
+            rows += self._drive(name, "region_growing", rg.predict, gt, spacing, base)
         return rows
 
     def run(self) -> list[dict[str, Any]]:
@@ -146,7 +178,7 @@ class InteractiveEvaluation:
         existing = [p.name for p in outputs if p.exists()]
         if existing and not self.overwrite:
             raise FileExistsError(f"{self.output_dir} already holds {existing}; choose another output_dir or set overwrite.")
-        load_weights(self.network, self.ckpt_path, self.require_weights)
+        load_weights(self.network, self.ckpt_path, self.require_weights, self.settings)
         self.network.to(self.device).eval()
         self.rows = []
         for item in self.datalist:
@@ -162,19 +194,28 @@ class InteractiveEvaluation:
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std of each metric per K (infinite distances counted separately, not averaged)."""
+    """Mean and std of each metric per method, modality (and ``all``) and K; infinite distances are
+    counted separately, not averaged."""
     out = []
-    for k in sorted({r["clicks"] for r in rows}):
-        sel = [r for r in rows if r["clicks"] == k]
-        row: dict[str, Any] = {"clicks": k, "cases": len(sel)}
-        for m in METRICS:
-            vals = np.array([r[m] for r in sel], dtype=float)
-            finite = vals[np.isfinite(vals)]
-            row[f"{m}_mean"] = float(finite.mean()) if finite.size else math.nan
-            row[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
-            if finite.size != vals.size:
-                row[f"{m}_infinite"] = int(vals.size - finite.size)
-        out.append(row)
+    methods = sorted({r.get("method", "sat3d") for r in rows}, key=lambda m: (m != "sat3d", m))
+    modalities = sorted({str(r.get("modality", "")) for r in rows} - {""})
+    groups = ["all"] + (modalities if len(modalities) > 1 else [])
+    for method in methods:
+        for group in groups:
+            for k in sorted({r["clicks"] for r in rows}):
+                sel = [r for r in rows if r.get("method", "sat3d") == method and r["clicks"] == k
+                       and (group == "all" or str(r.get("modality", "")) == group)]
+                if not sel:
+                    continue
+                row: dict[str, Any] = {"method": method, "modality": group, "clicks": k, "cases": len(sel)}
+                for m in METRICS:
+                    vals = np.array([r[m] for r in sel], dtype=float)
+                    finite = vals[np.isfinite(vals)]
+                    row[f"{m}_mean"] = float(finite.mean()) if finite.size else math.nan
+                    row[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
+                    if finite.size != vals.size:
+                        row[f"{m}_infinite"] = int(vals.size - finite.size)
+                out.append(row)
     return out
 
 
@@ -190,10 +231,10 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _markdown(summary: list[dict[str, Any]]) -> str:
-    lines = ["| clicks | cases | DSC | IoU | HD95 (mm) | ASSD (mm) | RVE |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | modality | clicks | cases | DSC | IoU | HD95 (mm) | ASSD (mm) | RVE |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" + (f" ({r[f'{m}_infinite']} inf)" if f"{m}_infinite" in r else "") for m in METRICS]
-        lines.append(f"| {r['clicks']} | {r['cases']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.get('method', 'sat3d')} | {r.get('modality', 'all')} | {r['clicks']} | {r['cases']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,12 +247,15 @@ def plot_results(rows: list[dict[str, Any]], curve_png: Path, box_png: Path) -> 
 
     ks = sorted({r["clicks"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for case in sorted({r["case"] for r in rows}):
-        sel = sorted((r for r in rows if r["case"] == case), key=lambda r: r["clicks"])
-        ax.plot([r["clicks"] for r in sel], [r["dice"] for r in sel], color="0.75", lw=0.8)
-    mean = [np.mean([r["dice"] for r in rows if r["clicks"] == k]) for k in ks]
-    std = [np.std([r["dice"] for r in rows if r["clicks"] == k]) for k in ks]
-    ax.errorbar(ks, mean, yerr=std, color="C0", lw=2, marker="o", capsize=3, label="mean ± std")
+    methods = sorted({r.get("method", "sat3d") for r in rows}, key=lambda m: (m != "sat3d", m))
+    for n, method in enumerate(methods):
+        mrows = [r for r in rows if r.get("method", "sat3d") == method]
+        for case in sorted({r["case"] for r in mrows}):
+            sel = sorted((r for r in mrows if r["case"] == case), key=lambda r: r["clicks"])
+            ax.plot([r["clicks"] for r in sel], [r["dice"] for r in sel], color=f"C{n}", alpha=0.2, lw=0.8)
+        mean = [np.mean([r["dice"] for r in mrows if r["clicks"] == k]) for k in ks]
+        std = [np.std([r["dice"] for r in mrows if r["clicks"] == k]) for k in ks]
+        ax.errorbar(ks, mean, yerr=std, color=f"C{n}", lw=2, marker="o", capsize=3, label=f"{method} mean ± std")
     ax.set(xlabel="simulated clicks K", ylabel="Dice", ylim=(0, 1), xticks=ks, title="Dice vs number of clicks")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -219,6 +263,7 @@ def plot_results(rows: list[dict[str, Any]], curve_png: Path, box_png: Path) -> 
     _save_fig(fig, curve_png)
     plt.close(fig)
 
+    rows = [r for r in rows if r.get("method", "sat3d") == "sat3d"] or rows
     targets = sorted({str(r["target"]) for r in rows})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(ks) * len(targets)), 4), dpi=120)
     data, labels = [], []
