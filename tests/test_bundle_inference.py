@@ -215,6 +215,25 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nii.gz"]
 
 
+def test_atomic_write_partial_bytes_leave_no_target(tmp_path):
+    """Catches a non-atomic write: a writer that writes part of the file and then fails leaves no target
+    (and no temporary file), and an existing target keeps its old content."""
+    from sat3d.io import atomic_path
+
+    target = tmp_path / "z.nii.gz"
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"\x1f\x8b partial")
+            raise OSError("disk full after a few bytes")
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(OSError):
+        with atomic_path(target, overwrite=True) as tmp:
+            tmp.write_bytes(b"new but partial")
+            raise OSError("disk full")
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
 def test_metadata_is_valid_against_the_schema(tmp_path):
     schema = SHARED / "schema" / "meta_schema_20240725.json"
     if not schema.is_file():
@@ -255,3 +274,21 @@ def test_demo_data_and_clicks_file_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     mask = nib.load(str(out / "phantom_ct_mask.nii.gz"))
     assert mask.shape == src.shape and np.asarray(mask.dataobj)[i, j, k] == 1
+
+
+def test_clicks_reach_the_network_in_a_bundle_run(tmp_path):
+    """Catches a bundle path where the network never sees the clicks: with click_radius 0 (no forced voxels) a
+    clicked run must differ from an automatic one."""
+    d = tmp_path / "in"
+    d.mkdir()
+    img, _, aff = make_sphere_volume()
+    _save(d / "a.nii.gz", img, aff)
+    cf = tmp_path / "clicks.json"
+    cf.write_text(json.dumps({"a.nii.gz": {"space": "voxel", "positive": [[20, 18, 22]]}}))
+    auto, clicked = tmp_path / "auto", tmp_path / "clicked"
+    for out, extra in ((auto, ()), (clicked, ("--clicks_file", str(cf), "--click_radius", "0"))):
+        res = run_inference(d, out, *extra)
+        assert res.returncode == 0, res.stderr[-2000:]
+    a = nib.load(str(auto / "a_confidence.nii.gz")).get_fdata()
+    c = nib.load(str(clicked / "a_confidence.nii.gz")).get_fdata()
+    assert a.shape == c.shape and not np.allclose(a, c, atol=1e-4), "the click changed nothing: the network did not see it"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from conftest import make_sphere_volume
@@ -50,4 +51,7 @@ def test_exported_bundle_runs_standalone(tmp_path):
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"loaded weights from {out / 'models' / 'model.pt'}" in res.stdout + res.stderr
-    assert (tmp_path / "pred" / "a_mask.nii.gz").is_file()
+    src = nib.load(str(data / "a.nii.gz"))
+    for name in ("a_mask.nii.gz", "a_confidence.nii.gz"):
+        out_img = nib.load(str(tmp_path / "pred" / name))
+        assert out_img.shape == src.shape and np.allclose(out_img.affine, src.affine), name

@@ -81,3 +81,42 @@ def test_clicked_windows_only_blanks_windows_without_positive_clicks():
         img, net, points=[[5, 5, 5]], point_labels=[1])
     assert float(out[0, 0, :32].min()) == 1.0, "the clicked window keeps its prediction"
     assert float(out[0, 0, 32:].max()) < -10, "windows without a positive click are background"
+
+
+@pytest.mark.parametrize("sw_batch_size", [3, 8])
+def test_each_window_of_a_batch_gets_its_own_clicks(sw_batch_size):
+    """Catches every window of a batch receiving window 0's click coordinates."""
+    net = Recorder()
+    img = torch.zeros(1, 1, 70, 45, 40)
+    clicks = [[50, 10, 20], [12, 40, 35]]
+    for c in clicks:
+        img[(0, 0, *c)] = 1.0
+    SAT3DInferer(roi_size=(32, 32, 32), overlap=0.5, sw_batch_size=sw_batch_size)(img, net, points=clicks, point_labels=[1, 0])
+    windows_with_marker = windows_with_click = 0
+    for x, p, lab, _ in net.calls:
+        for i in range(x.shape[0]):
+            markers = {tuple(v) for v in (x[i, 0] == 1.0).nonzero().tolist()}
+            given = {tuple(p[i, j].long().tolist()) for j in range(p.shape[1]) if lab[i, j] >= 0} if p is not None else set()
+            assert given == markers, "a window must get exactly the clicks inside it, at their local voxel"
+            windows_with_marker += bool(markers)
+            windows_with_click += bool(given)
+    assert any(x.shape[0] > 1 for x, *_ in net.calls) and windows_with_marker >= 4 and windows_with_click == windows_with_marker
+
+
+def test_clicks_carried_in_metadata_reach_the_network():
+    """Catches an inferer that ignores the clicks ClicksFromRequestd puts on the image (bundle / MONAI Label path)."""
+    from sat3d.transforms import CLICKS_META_KEY
+
+    net = Recorder()
+    img = MetaTensor(torch.zeros(1, 1, 64, 40, 36))
+    img[0, 0, 40, 20, 30] = 1.0
+    img.meta[CLICKS_META_KEY] = {"points": torch.tensor([[40.0, 20.0, 30.0]]), "labels": torch.tensor([1])}
+    SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, sw_batch_size=2)(img, net)
+    hits = 0
+    for x, p, lab, _ in net.calls:
+        for i in range(x.shape[0]):
+            if p is not None and (lab[i] == 1).any():
+                z, y, w = p[i, (lab[i] == 1).nonzero()[0, 0]].long().tolist()
+                assert x[i, 0, z, y, w] == 1.0
+                hits += 1
+    assert hits >= 1, "the network never saw the metadata click"

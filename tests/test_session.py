@@ -90,3 +90,38 @@ def test_errors(net, image):
         s.add_click((70, 0, 0))
     with pytest.raises(ValueError, match="3 coordinates"):
         s.add_click((1, 2))
+
+
+def test_undo_then_click_equals_a_fresh_session(net, image):
+    """Catches an undo that restores the stitched sums but not the per-window outputs: click A, undo, click B
+    must equal a fresh session with only click B (and random click/undo sequences their replay)."""
+    import random
+
+    a = InteractiveSession(net, overlap=0.5)
+    a.set_image(image)
+    a.add_click((10, 20, 30), positive=True)
+    a.undo()
+    a.add_click((12, 22, 28), positive=False)
+    b = InteractiveSession(net, overlap=0.5)
+    b.set_image(image)
+    b.add_click((12, 22, 28), positive=False)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.confidence, b.confidence)
+    rnd = random.Random(0)
+    for _ in range(3):
+        s = InteractiveSession(net, overlap=0.5)
+        s.set_image(image)
+        kept = []
+        for _ in range(5):
+            if kept and rnd.random() < 0.4:
+                s.undo()
+                kept.pop()
+            else:
+                c = (rnd.uniform(0, 69), rnd.uniform(0, 44), rnd.uniform(0, 32))
+                p = rnd.random() < 0.5
+                s.add_click(c, positive=p)
+                kept.append((c, p))
+        r = InteractiveSession(net, overlap=0.5)
+        r.set_image(image)
+        for c, p in kept:
+            r.add_click(c, positive=p)
+        assert torch.equal(s.logits, r.logits) and torch.equal(s.confidence, r.confidence)

@@ -21,7 +21,8 @@ from sat3d.click_simulation import next_click_volume, sample_error_clicks
 from sat3d.data import load_datalist
 from sat3d.engine import SAT3DTrainer, frozen
 from sat3d.evaluation import segmentation_metrics
-from sat3d.losses import uncertainty_masked_bce
+from sat3d.engine import TrainingCheckpoints
+from sat3d.losses import CriticLoss, GeneratorLoss, uncertainty_masked_bce
 
 TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--num_workers", "0"]
 
@@ -152,6 +153,110 @@ def test_generator_pass_leaves_critic_weights_alone():
                      optimizer=torch.optim.AdamW(net.parameters()), critic_optimizer=torch.optim.AdamW(net.critic.parameters()))
 
 
+def _one_batch(b=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(b, 1, 32, 32, 32, generator=g)
+    lab = torch.zeros(b, 1, 32, 32, 32)
+    lab[:, :, 8:20, 10:22, 9:21] = 1
+    img = img + 2.0 * lab  # a visible target
+    return {"image": img, "label": lab}
+
+
+class _AdversarialOnly(GeneratorLoss):
+    """Generator loss made of the adversarial term alone."""
+
+    def forward(self, logits, target, critic_logits, iou_pred=None):
+        parts = super().forward(logits, target, critic_logits, iou_pred)
+        return {**parts, "loss": parts["adv"]}
+
+
+def test_adversarial_term_alone_reaches_the_decoder():
+    """Catches a critic fed ``prob.detach()``: the adversarial gradient must reach the mask decoder."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    trainer, _, _ = _trainer(net, [_one_batch()], generator_loss=_AdversarialOnly())
+    trainer.run()
+    grads = [p.grad for p in net.mask_decoder.parameters()]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads), "no adversarial gradient in the decoder"
+
+
+def test_critic_gradients_untouched_during_the_generator_step():
+    """Catches a critic that is not frozen in the generator pass (its grads would fill before its own step)."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    trainer, _, _ = _trainer(net, [_one_batch()])
+    seen = []
+    from monai.engines.utils import IterationEvents
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED,
+                              lambda e: seen.append([p.grad for p in net.critic.parameters()]))
+    trainer.run()
+    assert seen and all(g is None or float(g.abs().sum()) == 0 for g in seen[0]), "the generator step gave the critic gradients"
+
+
+def test_critic_learns_to_score_ground_truth_above_prediction():
+    """Catches swapped real/fake critic inputs: after a few iterations on one batch the critic must prefer the truth."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    batch = _one_batch()
+    trainer, _, _ = _trainer(net, [batch] * 12)
+    trainer.run()
+    with torch.no_grad():
+        pred = torch.sigmoid(net(batch["image"], with_critic=False)["logits"])
+        real = float(net.critic(batch["image"], batch["label"]).mean())
+        fake = float(net.critic(batch["image"], pred).mean())
+    assert real > fake + 0.02, f"critic confidence on the truth {real:.3f} must exceed that on the prediction {fake:.3f}"
+
+
+def test_loss_directions():
+    """Adversarial target is 1 (critic saying 'real' lowers the generator loss); the critic loss is lowest when
+    real is called real and fake called fake."""
+    logits, target = torch.zeros(1, 1, 4, 4, 4), torch.ones(1, 1, 4, 4, 4)
+    gl = GeneratorLoss()
+    real_says = gl(logits, target, torch.full((1, 1, 4, 4, 4), 5.0))["adv"]
+    fake_says = gl(logits, target, torch.full((1, 1, 4, 4, 4), -5.0))["adv"]
+    assert real_says < fake_says
+    cl = CriticLoss()
+    hi, lo = torch.full((1, 1, 4, 4, 4), 5.0), torch.full((1, 1, 4, 4, 4), -5.0)
+    assert cl(hi, lo) < cl(lo, hi) and cl(hi, lo) < 0.01
+
+
+def test_iou_head_target_is_the_true_iou():
+    """The IoU head is trained towards the IoU of the thresholded prediction with the truth."""
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., :2] = 1  # half the voxels
+    logits = torch.full((1, 1, 4, 4, 4), -5.0)
+    logits[..., :1] = 5.0  # predicts a quarter: IoU 0.5
+    gl = GeneratorLoss()
+    crit = torch.zeros(1, 1, 4, 4, 4)
+    assert float(gl(logits, target, crit, torch.tensor([[0.5]]))["iou"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(gl(logits, target, crit, torch.tensor([[1.0]]))["iou"]) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_resume_restores_network_and_optimisers(tmp_path):
+    """Catches a resume that skips the network weights or the optimiser state: a fresh network and fresh
+    optimisers loaded from the checkpoint equal the saved state dicts."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    trainer, opt, copt = _trainer(net, [_one_batch()] * 2)
+    ckpts = TrainingCheckpoints(str(tmp_path), net, opt, copt, interval=1)
+    ckpts.attach(trainer)
+    trainer.run()
+    saved = torch.load(tmp_path / "checkpoint_latest.pt", map_location="cpu", weights_only=False)
+    torch.manual_seed(1)
+    net2 = build_sat3d("sat3d_tiny")
+    trainer2, opt2, copt2 = _trainer(net2, [_one_batch()] * 2)
+    assert TrainingCheckpoints(str(tmp_path), net2, opt2, copt2).resume(trainer2)
+    for k, v in saved["network"].items():
+        assert torch.equal(net2.state_dict()[k], v), k
+    for mine, ref in ((opt2.state_dict(), saved["optimizer"]), (copt2.state_dict(), saved["critic_optimizer"])):
+        assert mine["state"].keys() == ref["state"].keys() and mine["state"]
+        for i in ref["state"]:
+            for name, t in ref["state"][i].items():
+                assert torch.equal(torch.as_tensor(mine["state"][i][name]), torch.as_tensor(t)), (i, name)
+    assert trainer2.state.iteration == saved["trainer"]["iteration"] == 2
+
+
 # ---------------------------------------------------------------- datalists
 
 
@@ -188,7 +293,7 @@ def _ckpt(path: Path) -> dict:
 def test_train_kill_resume_and_evaluate(dataset, tmp_path):
     cfg = str(BUNDLE / "configs" / "train.json")
     out = tmp_path / "run"
-    args = ["--dataset_dir", str(dataset), "--output_dir", str(out), *TINY, "--batch_size", "1",
+    args = ["--dataset_dir", str(dataset), "--output_dir", str(out), *TINY, "--batch_size", "1", "--epoch_length", "2",
             "--num_prompt_steps", "2", "--val_interval", "1", "--checkpoint_interval", "1", "--target_labels", "[1,2]"]
     proc = subprocess.Popen(bundle_cmd("train", cfg, *args, "--max_epochs", "200"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -223,8 +328,14 @@ def test_train_kill_resume_and_evaluate(dataset, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     per_case = (ev / "per_case.csv").read_text().splitlines()
-    assert len(per_case) == 1 + 2 * 3 and per_case[0].startswith("case,target,clicks")
-    assert "| clicks | cases | DSC" in (ev / "summary.md").read_text()
+    assert len(per_case) == 1 + 2 * 3 * 2 and per_case[0].startswith("case,modality,target,method,clicks")
+    assert "| method | modality | clicks | cases | DSC" in (ev / "summary.md").read_text()
+    assert {"sat3d", "region_growing"} <= {line.split(",")[3] for line in per_case[1:]}
+    assert (out / "checkpoints" / "model.pt").is_file()
+    from sat3d.weights import read_config
+
+    cfg = read_config(out / "checkpoints" / "model.pt")
+    assert cfg["preset"] == "sat3d_tiny" and cfg["roi_size"] == [32, 32, 32] and cfg["spacing"] == [1.5, 1.5, 1.5]
     for png in ("dice_vs_clicks.png", "boxplot_dice.png"):
         data = (ev / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -239,7 +350,7 @@ def test_data_parallel_two_processes_gloo(dataset, tmp_path):
     cfg = f"['{BUNDLE / 'configs' / 'train.json'}','{BUNDLE / 'configs' / 'multi_gpu_train.json'}']"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517", "-m", "monai.bundle",
            "run", "train", "--config_file", cfg, "--dataset_dir", str(dataset), "--output_dir", str(out), *TINY,
-           "--max_epochs", "1", "--batch_size", "1", "--num_prompt_steps", "2", "--val_interval", "1",
+           "--max_epochs", "1", "--epoch_length", "2", "--batch_size", "1", "--num_prompt_steps", "2", "--val_interval", "1",
            "--save_rank_weights", "true", "--target_labels", "[1,2]"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -266,3 +377,70 @@ def test_metrics_in_mm_and_empty_conventions():
     assert segmentation_metrics(empty, gt, (1, 1, 1))["hd95_mm"] == float("inf")
     assert segmentation_metrics(empty, gt, (1, 1, 1))["rve"] == pytest.approx(-1.0)
     assert segmentation_metrics(empty, empty, (1, 1, 1))["dice"] == 1.0
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Stand-in for SAT3D whose mask is exactly ``image > 0.5`` (so the evaluated prediction is known)."""
+
+    roi_size = (32, 32, 32)
+    confidence_threshold = 0.3
+
+    def encode(self, x):
+        return x
+
+    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None):
+        return 20.0 * (emb > 0.5).float() - 10.0, torch.ones(emb.shape[0], 1)
+
+    def judge(self, image, prob):
+        return torch.ones_like(prob)
+
+
+def test_evaluation_tables_use_the_true_spacing(tmp_path):
+    """Catches HD95/ASSD in voxels instead of mm inside the evaluation: an anisotropic case whose prediction
+    is shifted two voxels along the 3 mm axis must report HD95 6 mm and Dice 0.8 in per_case.csv."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from sat3d.data import SelectTargetd
+    from sat3d.evaluation import InteractiveEvaluation
+    from sat3d.inferer import SAT3DInferer
+
+    gt = np.zeros((30, 30, 30), np.uint8)
+    gt[10:20, 10:20, 10:20] = 1
+    img = np.roll(gt, 2, axis=0).astype(np.float32)
+    aff = np.diag([3.0, 1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, aff), str(tmp_path / "lab.nii.gz"))
+    pre = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"]),
+                   SelectTargetd("label", [1])])
+    ev = InteractiveEvaluation([{"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}],
+                               str(tmp_path / "ev"), _ThresholdNet(), pre, SAT3DInferer(roi_size=(32, 32, 32)),
+                               clicks=[0], require_weights=False, baseline=False)
+    ev.run()
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "ev" / "per_case.csv").open()))
+    assert len(rows) == 1 and rows[0]["method"] == "sat3d"
+    assert float(rows[0]["hd95_mm"]) == pytest.approx(6.0) and float(rows[0]["dice"]) == pytest.approx(0.8)
+    expected = segmentation_metrics(img > 0.5, gt > 0, (3.0, 1.0, 1.0))
+    assert float(rows[0]["assd_mm"]) == pytest.approx(expected["assd_mm"])
+    summary = list(csv.DictReader((tmp_path / "ev" / "summary.csv").open()))
+    assert float(summary[0]["dice_mean"]) == pytest.approx(0.8)
+
+
+def test_training_crops_keep_binary_labels_for_small_scans(tmp_path):
+    """Catches padding the label with the image's pad value (uint8 -5 = 251 became 'tumour' in scans smaller
+    than the ROI): training samples hold only 0/1 labels, also for multi-class host-only scans."""
+    from monai.bundle import ConfigParser
+
+    img, lab, aff = make_sphere_volume(shape=(20, 24, 16))
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "i.nii.gz"))
+    nib.save(nib.Nifti1Image((lab * 7).astype(np.uint8), aff), str(tmp_path / "l.nii.gz"))
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / "train.json"))
+    tf = cp.get_parsed_content("train_transforms")
+    for classes in ([7], []):
+        for seed in range(3):
+            tf.set_random_state(seed)
+            out = tf({"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz"), "target_classes": classes})
+            out = out[0] if isinstance(out, list) else out
+            values = set(torch.unique(out["label"]).tolist())
+            assert values <= {0.0, 1.0} and tuple(out["label"].shape[1:]) == tuple(cp["roi_size"]), (classes, values)
