@@ -120,3 +120,22 @@ def test_clicks_carried_in_metadata_reach_the_network():
                 assert x[i, 0, z, y, w] == 1.0
                 hits += 1
     assert hits >= 1, "the network never saw the metadata click"
+
+
+@pytest.mark.parametrize(
+    "request_form",
+    [
+        {"foreground": [[5, 6, 7]], "background": [[20, 3, 4]]},  # MONAI Label API
+        {"tumour": [[5, 6, 7]], "background": [[20, 3, 4]], "label": "tumour"},  # Slicer plugin, deepedit with labels
+        {"tumor": [[5, 6, 7]], "background": [[20, 3, 4]], "label": "tumor"},
+        {"lesion": [[5, 6, 7]], "background": [[20, 3, 4]]},  # label name without the 'label' key
+    ],
+)
+def test_every_monailabel_click_form_is_read(request_form):
+    """Slicer's deepedit clicks arrive keyed by label name; all forms give the same clicks."""
+    from sat3d.transforms import CLICKS_META_KEY, ClicksFromRequestd
+
+    img = MetaTensor(torch.zeros(1, 32, 32, 32), affine=torch.eye(4))
+    img.meta["original_affine"] = torch.eye(4)
+    out = ClicksFromRequestd("image")({"image": img, **request_form})["image"].meta[CLICKS_META_KEY]
+    assert out["points"].tolist() == [[5.0, 6.0, 7.0], [20.0, 3.0, 4.0]] and out["labels"].tolist() == [1, 0]

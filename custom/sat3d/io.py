@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -13,7 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import NibabelWriter
+import nibabel as nib
+from monai.data import NibabelReader
+from monai.utils import ensure_tuple
 from scipy import ndimage
 
 __all__ = [
@@ -35,14 +38,28 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 def case_name(path: str | os.PathLike) -> str:
     """File name without the NIfTI suffix (``a/b/case1.nii.gz`` -> ``case1``)."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    sfx = _nifti_suffix(name)
+    return name[: -len(sfx)] if sfx else name
 
 
-def list_volumes(folder: str | os.PathLike) -> list[Path]:
-    """Sorted NIfTI files (``*.nii``, ``*.nii.gz``) directly in ``folder``.
+def _nifti_suffix(name: str) -> str | None:
+    low = name.lower()
+    return next((name[len(name) - len(sfx):] for sfx in NIFTI_SUFFIXES if low.endswith(sfx)), None)
+
+
+#: suffixes of the files a folder inference writes (never read back as inputs)
+OUTPUT_SUFFIXES = ("_mask.nii.gz", "_confidence.nii.gz")
+
+
+def list_volumes(folder: str | os.PathLike, exclude_outputs: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """NIfTI files directly in ``folder`` (``.nii`` / ``.nii.gz`` in any letter case), sorted.
+
+    Hidden files (our own temporary files among them) are skipped; with ``exclude_outputs`` (the output
+    folder is the input folder) so are ``*_mask.nii.gz`` / ``*_confidence.nii.gz``.
+
+    Returns:
+        the volumes, and ``(path, problem)`` for entries that look like inputs but cannot be used
+        (broken symbolic links, two files with one case name).
 
     Raises:
         ValueError: if the folder does not exist or holds no NIfTI file.
@@ -50,10 +67,30 @@ def list_volumes(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"input folder {root} does not exist or is not a folder.")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
-    if not files:
+    files, problems = [], []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or _nifti_suffix(p.name) is None:
+            continue
+        if exclude_outputs and p.name.lower().endswith(OUTPUT_SUFFIXES):
+            continue
+        if p.is_symlink() and not p.exists():
+            problems.append((p, f"{p.name}: broken symbolic link (its target {os.readlink(p)} does not exist)."))
+        elif p.is_dir():
+            problems.append((p, f"{p.name}: is a folder, not a NIfTI file."))
+        else:
+            files.append(p)
+    by_case: dict[str, list[Path]] = {}
+    for p in files:
+        by_case.setdefault(case_name(p), []).append(p)
+    for case, group in by_case.items():
+        if len(group) > 1:
+            names = " and ".join(q.name for q in group)
+            for q in group:
+                problems.append((q, f"{q.name}: {names} share the case name {case!r}, so their outputs would collide; rename one."))
+                files.remove(q)
+    if not files and not problems:
         raise ValueError(f"input folder {root} contains no NIfTI file (*.nii, *.nii.gz).")
-    return files
+    return files, problems
 
 
 def _point_list(value: Any, where: str) -> list[list[float]]:
@@ -98,6 +135,8 @@ def load_clicks_file(path: str | os.PathLike | None, lenient: bool = False) -> d
     if path is None or str(path) in ("", "None", "none"):
         return {}
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"clicks file {p} is a folder, not a JSON file.")
     if not p.is_file():
         raise ValueError(f"clicks file {p} does not exist.")
     try:
@@ -156,6 +195,7 @@ def clicks_to_voxels(
         return torch.zeros((0, 3)), torch.zeros((0,), dtype=torch.long)
     xyz = np.array([p for p, _ in pts], dtype=np.float64)
     if clicks.get("space", "voxel") == "voxel":
+        xyz = np.floor(xyz + 0.5)  # nearest voxel of the file as stored (halves up), whatever its orientation
         world = (np.asarray(original_affine, dtype=np.float64) @ np.c_[xyz, np.ones(len(xyz))].T).T[:, :3]
     else:
         world = xyz
@@ -166,11 +206,20 @@ def clicks_to_voxels(
     if outside.any():
         bad = [pts[i][0] for i in np.flatnonzero(outside)]
         raise ValueError(f"clicks {bad} ({clicks.get('space', 'voxel')} coordinates) lie outside the image.")
+    seen: dict[tuple, set] = {}
+    for v, (_, lab) in zip(vox.astype(int).tolist(), pts):
+        seen.setdefault(tuple(v), set()).add(lab)
+    conflicts = [v for v, labs in seen.items() if len(labs) > 1]
+    if conflicts:
+        logging.getLogger("sat3d.inference").warning(
+            "positive and negative clicks fall on the same voxel %s; the later (negative) click wins there.", conflicts)
     return torch.as_tensor(vox, dtype=torch.float32), torch.tensor([lab for _, lab in pts], dtype=torch.long)
 
 
 def mask_statistics(mask: np.ndarray, affine: np.ndarray, confidence: np.ndarray | None = None) -> dict[str, float]:
-    """Volume in ml, 26-connected component count and mean confidence inside a binary 3D mask.
+    """Volume in ml, 26-connected component count, centre (world mm) and mean confidence of a binary 3D mask.
+
+    Empty masks give ``None`` for the centre and the mean confidence (JSON ``null``).
 
     Args:
         mask: ``(X, Y, Z)`` binary mask.
@@ -180,9 +229,13 @@ def mask_statistics(mask: np.ndarray, affine: np.ndarray, confidence: np.ndarray
     mask = np.asarray(mask) > 0
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
     _, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    stats = {"voxels": int(mask.sum()), "volume_ml": float(mask.sum()) * voxel_ml, "components": int(n)}
+    stats: dict[str, Any] = {"voxels": int(mask.sum()), "volume_ml": float(mask.sum()) * voxel_ml, "components": int(n)}
+    stats["centre_mm"] = (
+        [round(float(v), 1) for v in (np.asarray(affine, dtype=np.float64) @ [*np.argwhere(mask).mean(0), 1.0])[:3]]
+        if mask.any() else None
+    )
     if confidence is not None:
-        stats["mean_confidence"] = float(np.asarray(confidence)[mask].mean()) if mask.any() else float("nan")
+        stats["mean_confidence"] = float(np.asarray(confidence)[mask].mean()) if mask.any() else None
     return stats
 
 
@@ -190,6 +243,26 @@ def _tmp_path(target: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: name pattern of our temporary files (``.<target>.<random>.tmp<suffixes>``)
+TMP_PATTERN = ".*.tmp*"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files a killed run left in ``folder`` (only our own ``.<name>.<random>.tmp...``)."""
+    removed = []
+    for p in Path(folder).glob(TMP_PATTERN):
+        if p.is_file() and ".tmp" in p.name:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 @contextmanager
@@ -208,21 +281,78 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = _tmp_path(target)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the user's usual permissions
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray, target: str | os.PathLike,
-                       dtype: Any = np.float32, overwrite: bool = False) -> Path:
-    """Write a 3D array as NIfTI through MONAI's ``NibabelWriter``, atomically (see :func:`atomic_path`)."""
+def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray | None, target: str | os.PathLike,
+                       dtype: Any = np.float32, overwrite: bool = False, like: str | os.PathLike | None = None) -> Path:
+    """Write an array as NIfTI atomically (see :func:`atomic_path`).
+
+    With ``like`` (the input file), the output takes that file's header: qform and sform with their codes,
+    so every reader (nibabel, ITK / 3D Slicer) puts the output exactly where it puts the input, whatever
+    the axis order, obliquity or header codes; the array is reshaped to the input's shape (e.g. ``(X, Y,
+    Z, 1)``).  Without it, ``affine`` is written as both qform and sform (code 1, scanner).
+    """
+    arr = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array).astype(dtype)
+    if like is not None:
+        src = nib.load(str(like))
+        if int(np.prod(src.shape)) == arr.size and src.shape != arr.shape:
+            arr = arr.reshape(src.shape)
+        header = src.header.copy()
+        header.set_data_dtype(dtype)
+        out = type(src)(arr, None, header=header)
+        out.header.set_slope_inter(1.0, 0.0)
+    else:
+        out = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+        out.header.set_data_dtype(dtype)
+        out.set_qform(np.asarray(affine, dtype=np.float64), code=1)
+        out.set_sform(np.asarray(affine, dtype=np.float64), code=1)
     with atomic_path(target, overwrite) as tmp:
-        writer = NibabelWriter(output_dtype=dtype)
-        writer.set_data_array(torch.as_tensor(np.asarray(array)), channel_dim=None)
-        writer.set_metadata({"affine": np.asarray(affine), "original_affine": np.asarray(affine)}, resample=False)
-        writer.write(str(tmp), verbose=False)
+        nib.save(out, str(tmp))
     return Path(target)
+
+
+class ExactNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader`` without its header "repair".
+
+    MONAI rewrites a header whose sform voxel sizes differ from ``pixdim`` (for example a valid sform with
+    code 2 next to an identity qform with code 0 loses its origin and spacing).  This reader keeps the
+    geometry exactly as nibabel states it (the sform when its code is set, else the qform), which is where
+    3D Slicer / ITK put the image too; headers that are really broken are refused by
+    :func:`geometry_problem` instead of being guessed.
+    """
+
+    def read(self, data, **kwargs):  # noqa: D102 - as NibabelReader.read, minus correct_nifti_header_if_necessary
+        kw = {**self.kwargs, **kwargs}
+        images = [nib.load(str(name), **kw) for name in ensure_tuple(data)]
+        self.filenames = ensure_tuple(data)
+        return images if len(images) > 1 else images[0]
+
+
+def geometry_problem(path: str | os.PathLike) -> str | None:
+    """Why a NIfTI file's geometry is unusable, or ``None``: a singular sform or qform in use, zero voxel sizes."""
+    hdr = nib.load(str(path)).header
+    zooms = hdr.get_zooms()[:3]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        return f"voxel sizes {tuple(float(z) for z in zooms)} are not positive: the geometry is undefined."
+    for name, code_key, get in (("sform", "sform_code", hdr.get_sform), ("qform", "qform_code", hdr.get_qform)):
+        if int(hdr[code_key]) > 0:
+            m = np.asarray(get(), dtype=np.float64)
+            if not np.all(np.isfinite(m)) or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+                return f"the {name} (code {int(hdr[code_key])}) is singular or not finite: the geometry is undefined; fix the header."
+            break  # the transform in use is the first one with a code
+    return None
+
+
+def world_is_defined(path: str | os.PathLike) -> bool:
+    """Whether the file states a world frame (qform or sform code > 0)."""
+    hdr = nib.load(str(path)).header
+    return int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
 
 
 def write_text_atomic(text: str, target: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import logging
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +18,12 @@ import torch
 
 from .io import (
     case_name,
+    geometry_problem,
     list_volumes,
     load_clicks_file,
     mask_statistics,
+    remove_stale_temporaries,
+    world_is_defined,
     write_nifti_atomic,
     write_text_atomic,
 )
@@ -28,8 +33,19 @@ __all__ = ["FolderInference", "load_weights"]
 
 logger = logging.getLogger("sat3d.inference")
 
-RESULT_FIELDS = ["file", "status", "volume_ml", "components", "voxels", "mean_confidence", "clicks", "mask",
-                 "confidence", "error"]
+RESULT_FIELDS = ["file", "status", "volume_ml", "components", "voxels", "centre_mm", "mean_confidence", "clicks",
+                 "mask", "confidence", "error"]
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / infinite floats become ``null`` (valid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def as_bool(value: Any) -> bool:
@@ -127,27 +143,42 @@ class FolderInference:
     def _clicks_for(self, clicks: dict, path: Path) -> dict | None:
         return clicks.get(path.name, clicks.get(case_name(path)))
 
+    def outputs_of(self, path: Path) -> list[Path]:
+        """The files that make up one case's result (complete all or none)."""
+        case = case_name(path)
+        return [self.output_dir / f"{case}_mask.nii.gz", self.output_dir / f"{case}_confidence.nii.gz"]
+
     def process(self, path: Path, clicks: dict | None) -> dict[str, Any]:
         """Segment one file and write its outputs; returns its results row."""
-        case = case_name(path)
-        mask_path = self.output_dir / f"{case}_mask.nii.gz"
-        conf_path = self.output_dir / f"{case}_confidence.nii.gz"
+        mask_path, conf_path = self.outputs_of(path)
         row: dict[str, Any] = {"file": path.name, "mask": mask_path.name, "confidence": conf_path.name}
-        existing = [p.name for p in (mask_path, conf_path) if p.exists()]
-        if existing and not self.overwrite:
-            logger.warning("%s: outputs %s exist; skipped (set overwrite to true to replace them).", path.name, existing)
+        existing = [p for p in (mask_path, conf_path) if p.exists()]
+        replace = self.overwrite
+        if len(existing) == 2 and not self.overwrite:
+            logger.warning("%s: outputs exist; skipped (set overwrite to true to replace them).", path.name)
             return {**row, "status": "skipped: outputs exist"}
+        if existing and len(existing) < 2:
+            logger.warning("%s: incomplete result from an earlier run (%s only); computing it again.", path.name,
+                           ", ".join(p.name for p in existing))
+            replace = True
+        problem = geometry_problem(path)
+        if problem:
+            raise ValueError(f"{path.name}: {problem}")
         request: dict[str, Any] = {"image": str(path)}
         if clicks and "error" in clicks:
             raise ValueError(f"{path.name}: {clicks['error']}")
-        if clicks:
+        has_clicks = bool(clicks and (clicks["positive"] or clicks["negative"]))
+        if has_clicks:
+            if clicks["space"] == "world" and not world_is_defined(path):
+                raise ValueError(f"{path.name}: the header states no world frame (qform and sform codes 0), so world "
+                                 "clicks cannot be placed; give voxel clicks.")
             request.update(foreground=clicks["positive"], background=clicks["negative"], click_space=clicks["space"])
         data = self.preprocessing(request)
         image = data["image"]
         given = image.meta.get(CLICKS_META_KEY)
         if given:
             row["clicks"] = int(len(given["labels"]))
-        elif clicks:
+        elif has_clicks:
             raise ValueError(f"{path.name}: clicks were given but the preprocessing has no ClicksFromRequestd to map them.")
         with torch.no_grad():
             pred = self.inferer(image.unsqueeze(0).to(self.device), self.network)
@@ -156,24 +187,51 @@ class FolderInference:
         mask = data["pred"][0].numpy().astype(np.uint8)
         conf = data["confidence"][0].numpy().astype(np.float32)
         affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
-        if mask.shape != tuple(image.meta["spatial_shape"]):
-            raise RuntimeError(f"{path.name}: inverted mask {mask.shape} differs from the input {image.meta['spatial_shape']}.")
-        write_nifti_atomic(mask, affine, mask_path, dtype=np.uint8, overwrite=self.overwrite)
-        write_nifti_atomic(conf, affine, conf_path, dtype=np.float32, overwrite=self.overwrite)
-        return {**row, "status": "ok", **mask_statistics(mask, affine, conf)}
+        spatial = tuple(int(v) for v in image.meta["spatial_shape"])
+        if mask.shape != spatial:
+            raise RuntimeError(f"{path.name}: inverted mask {mask.shape} differs from the input {spatial}.")
+        write_nifti_atomic(conf, None, conf_path, dtype=np.float32, overwrite=replace, like=path)
+        write_nifti_atomic(mask, None, mask_path, dtype=np.uint8, overwrite=replace, like=path)
+        stats = mask_statistics(mask, affine, conf)
+        where = f"centre {stats['centre_mm']} mm" if stats["centre_mm"] else "no tumour found"
+        logger.info("%s: %.2f ml in %d component(s), %s, mean confidence %s -> %s", path.name, stats["volume_ml"],
+                    stats["components"], where,
+                    "-" if stats["mean_confidence"] is None else f"{stats['mean_confidence']:.2f}", mask_path)
+        return {**row, "status": "ok", **stats}
+
+    def _check_output_dir(self) -> None:
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.output_dir, prefix=".sat3d-write-test.", suffix=".tmp")
+            probe.close()
+        except OSError as e:
+            raise ValueError(f"output folder {self.output_dir} is not writable: {e.strerror or e}.") from None
 
     def run(self) -> list[dict[str, Any]]:
-        """Process the whole folder; returns the result rows (also written as JSON and CSV)."""
-        files = list_volumes(self.dataset_dir)
+        """Process the whole folder; returns the result rows (also written as JSON and CSV).
+
+        Raises:
+            ValueError: before any file is processed, for a missing input folder, a bad clicks file, an
+                unwritable output folder or unusable weights.
+            RuntimeError: after all files, if any failed and ``fail_on_error`` (its message lists them).
+        """
+        same = self.output_dir.resolve() == self.dataset_dir.resolve() if self.dataset_dir.exists() else False
+        files, problems = list_volumes(self.dataset_dir, exclude_outputs=same)
         clicks = load_clicks_file(self.clicks_file, lenient=True)
         known = {p.name for p in files} | {case_name(p) for p in files}
         unknown = sorted(set(clicks) - known)
         if unknown:
             logger.warning("clicks file %s names files not in %s: %s", self.clicks_file, self.dataset_dir, unknown)
+        self._check_output_dir()
+        for p in remove_stale_temporaries(self.output_dir):
+            logger.info("removed %s left by an interrupted run", p.name)
         load_weights(self.network, self.ckpt_path, self.require_weights, self.settings)
         self.network.to(self.device).eval()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.results = []
+        total = len(files) + len(problems)
+        for path, msg in problems:
+            logger.error("FAILED %s", msg)
+            self.results.append({"file": path.name, "status": "error", "error": msg})
         for i, path in enumerate(files, 1):
             t0 = time.perf_counter()
             try:
@@ -182,16 +240,37 @@ class FolderInference:
                 reason = _root_cause(e)
                 msg = reason if reason.startswith(path.name) else f"{path.name}: {reason}"
                 logger.error("FAILED %s", msg)
+                logger.debug("traceback of %s", path.name, exc_info=e)
                 row = {"file": path.name, "status": "error", "error": msg}
             row["seconds"] = round(time.perf_counter() - t0, 2)
-            logger.info("[%d/%d] %s: %s", i, len(files), path.name, row["status"])
+            logger.info("[%d/%d] %s: %s", i + len(problems), total, path.name, row["status"])
             self.results.append(row)
         self._write_results()
         failed = [r for r in self.results if r["status"] == "error"]
         if failed and self.fail_on_error:
             lines = "\n".join(f"  {r['error']}" for r in failed)
-            raise RuntimeError(f"{len(failed)} of {len(files)} files failed (the others were written):\n{lines}")
+            raise RuntimeError(f"{len(failed)} of {total} files failed (the others were written):\n{lines}")
         return self.results
+
+    def main(self, debug: bool | str = False) -> list[dict[str, Any]]:
+        """Entry point of ``monai.bundle run inference``: :meth:`run` with errors as plain log lines.
+
+        A failure before processing prints one ``ERROR`` line and exits with status 2; failed files were
+        already named one line each, so the run ends with the summary as its last line and exits with
+        status 1 (``fail_on_error``).  ``debug`` re-raises with the traceback.
+        """
+        try:
+            return self.run()
+        except RuntimeError as e:
+            if as_bool(debug):
+                raise
+            logger.error("%s", e)
+            raise SystemExit(1) from None
+        except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
+            if as_bool(debug):
+                raise
+            logger.error("%s", _root_cause(e))
+            raise SystemExit(2) from None
 
     def _write_results(self) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -200,7 +279,7 @@ class FolderInference:
         while base.with_suffix(".json").exists() or base.with_suffix(".csv").exists():
             base = self.output_dir / f"results-{stamp}-{n}"
             n += 1
-        write_text_atomic(json.dumps(self.results, indent=2), base.with_suffix(".json"))
+        write_text_atomic(json.dumps(_json_safe(self.results), indent=2, allow_nan=False), base.with_suffix(".json"))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS + ["seconds"], extrasaction="ignore")
         writer.writeheader()

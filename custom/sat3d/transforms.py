@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,16 +28,22 @@ class ValidateVolumed(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            name = img.meta.get("filename_or_obj", key) if isinstance(img, MetaTensor) else key
+            name = Path(str(img.meta.get("filename_or_obj", key))).name if isinstance(img, MetaTensor) else key
             if img.ndim != 4:
                 raise ValueError(f"{name}: expected one 3D volume (channel, x, y, z); got array of shape {tuple(img.shape)}.")
             if img.shape[0] != 1:
                 raise ValueError(f"{name}: expected a single-channel volume, got {img.shape[0]} channels (4D/time series?).")
             if any(s < self.min_size for s in img.shape[1:]):
                 raise ValueError(f"{name}: image of size {list(img.shape[1:])} is 2D or degenerate; a 3D volume is required.")
-            if not torch.isfinite(torch.as_tensor(img)).all():
-                n = int((~torch.isfinite(torch.as_tensor(img))).sum())
-                raise ValueError(f"{name}: image contains {n} NaN or infinite voxels.")
+            t = torch.as_tensor(img)
+            if not torch.isfinite(t).all():
+                n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                parts = [f"{n} {w}" for n, w in ((n_nan, "NaN"), (n_inf, "infinite")) if n]
+                raise ValueError(f"{name}: image contains {' and '.join(parts)} voxels.")
+            if t.is_floating_point() and t.dtype == torch.float64:
+                big = int((t.abs() > torch.finfo(torch.float32).max).sum())
+                if big:
+                    raise ValueError(f"{name}: {big} voxels exceed the float32 range (|value| > 3.4e38); the values are corrupt or in the wrong units.")
         return d
 
 
@@ -122,8 +129,11 @@ CLICKS_META_KEY = "sat3d_clicks"
 class ClicksFromRequestd(MapTransform):
     """Attach clicks from the data dict to the image's metadata, mapped into the preprocessed voxel grid.
 
-    Reads ``foreground`` / ``background`` (MONAI Label / 3D Slicer: lists of ``[i, j, k]`` voxel indices
-    of the image file as stored) and ``click_space`` (``"voxel"`` default, or ``"world"`` for RAS mm).
+    Reads positive clicks from ``foreground`` (MONAI Label API) or from the key named by ``label`` /
+    any of ``label_names`` (3D Slicer's MONAI Label plugin sends deepedit clicks keyed by label name:
+    ``{"tumour": [[i, j, k]], "background": [[i, j, k]], "label": "tumour"}``), negative clicks from
+    ``background``: lists of ``[i, j, k]`` voxel indices of the image file as stored; and ``click_space``
+    (``"voxel"`` default, or ``"world"`` for RAS mm).
     Must come after the spatial transforms (e.g. ``Orientationd``).  :class:`sat3d.inferer.SAT3DInferer`
     picks the clicks up from the metadata, so they reach the network through the plain
     ``inferer(inputs, network)`` call that MONAI Label makes.
@@ -133,15 +143,28 @@ class ClicksFromRequestd(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, foreground_key: str = "foreground", background_key: str = "background",
-                 space_key: str = "click_space") -> None:
+                 space_key: str = "click_space", label_names: tuple[str, ...] = ("tumour", "tumor", "lesion")) -> None:
         super().__init__(keys)
         self.foreground_key, self.background_key, self.space_key = foreground_key, background_key, space_key
+        self.label_names = tuple(label_names)
+
+    def _positive(self, d: Mapping[Hashable, Any]) -> Any:
+        names = [self.foreground_key]
+        if isinstance(d.get("label"), str) and d["label"] != self.background_key:
+            names.append(d["label"])
+        names += list(self.label_names)
+        points: list = []
+        for name in dict.fromkeys(names):
+            value = d.get(name)
+            if value is not None and not isinstance(value, str) and len(value):
+                points += _as_list(value)
+        return points
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from .io import clicks_to_voxels, load_click_entry
 
         d = dict(data)
-        fg, bg = d.get(self.foreground_key) or [], d.get(self.background_key) or []
+        fg, bg = self._positive(d), d.get(self.background_key) or []
         for key in self.key_iterator(d):
             img = d[key]
             if not isinstance(img, MetaTensor):
@@ -149,7 +172,7 @@ class ClicksFromRequestd(MapTransform):
             img.meta.pop(CLICKS_META_KEY, None)
             if not len(fg) and not len(bg):
                 continue
-            name = img.meta.get("filename_or_obj", key)
+            name = Path(str(img.meta.get("filename_or_obj", key))).name
             entry = load_click_entry({"space": d.get(self.space_key, "voxel"), "positive": _as_list(fg), "negative": _as_list(bg)},
                                      f"clicks for {name}")
             try:

@@ -140,7 +140,10 @@ def read_config(path: str | Path | None = None, require: bool | str = True) -> d
     p = Path(path) if path not in (None, "", "None", "none") else None
     if p is None or not p.is_file():
         return dict(DEFAULT_CONFIG)
-    _, config = read_weights(p)
+    try:
+        _, config = read_weights(p)
+    except ValueError:
+        return dict(DEFAULT_CONFIG)  # load_weights names the file and the problem when the run starts
     return {**DEFAULT_CONFIG, **config} if config else dict(DEFAULT_CONFIG)
 
 
