@@ -221,3 +221,22 @@ def test_errors_are_one_line_each_without_tracebacks(tmp_path):
     res = _bundle("--dataset_dir", str(data), "--output_dir", str(tmp_path / "o3"), "--ckpt_path", str(tmp_path / "notes.pt"))
     assert res.returncode == 2 and "notes.pt is not a readable SAT3D weights file" in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
+
+
+def test_torchrun_shards_files_and_merges_one_table(tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    for i in range(5):
+        _save(data / f"c{i}.nii.gz", _volume(seed=i), np.diag([1.5, 1.5, 1.5, 1.0]))
+    cfg = f"['{INFER}','{BUNDLE / 'configs' / 'multi_gpu_inference.json'}']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29531", "-m", "monai.bundle",
+           "run", "inference", "--config_file", cfg, "--dataset_dir", str(data), "--output_dir", str(out),
+           "--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--require_weights", "false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    tables = list(out.glob("results-*.json"))
+    assert len(tables) == 1, "one merged results table"
+    rows = json.loads(tables[0].read_text())
+    assert sorted(r["file"] for r in rows) == [f"c{i}.nii.gz" for i in range(5)]
+    assert {r["rank"] for r in rows} == {0, 1} and all(r["status"] == "ok" for r in rows)
+    assert len(list(out.glob("*_mask.nii.gz"))) == 5

@@ -57,3 +57,13 @@ def test_bad_files_are_named(tiny, tmp_path):
     base = build_sat3d("sat3d_base")
     with pytest.raises(ValueError, match="does not fit this network"):
         load_weights(base, save_weights(tiny, tmp_path / "tiny.pt", {"preset": "sat3d_tiny"}))
+
+
+def test_session_from_weights_uses_their_network_and_thresholds(tiny, tmp_path):
+    from sat3d.session import InteractiveSession
+
+    path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32], "mask_threshold": 0.4})
+    s = InteractiveSession.from_weights(str(path))
+    assert s.roi_size == (32, 32, 32) and s.threshold == 0.4 and s.config["preset"] == "sat3d_tiny"
+    ref = tiny.state_dict()
+    assert all(torch.allclose(s.network.state_dict()[k], ref[k], atol=2e-3, rtol=1e-3) for k in ref)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .io import (
     case_name,
@@ -70,6 +71,12 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     return path is not None and path.exists()
 
 
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _root_cause(e: BaseException) -> str:
     """Message of the innermost cause (MONAI wraps transform errors in 'applying transform ...')."""
     while e.__cause__ is not None:
@@ -105,6 +112,9 @@ class FolderInference:
         device: device of the network.
         overwrite: replace existing outputs.
         fail_on_error: raise at the end if any file failed (after processing all of them).
+
+    Under ``torchrun`` (``torch.distributed`` initialised, see ``configs/multi_gpu_inference.json``) the
+    files are sharded over the processes and rank 0 writes one merged results table.
         settings: the run's model settings (roi_size, spacing, ...), checked against the configuration
             stored with the weights (:func:`sat3d.weights.check_config`).
     """
@@ -215,6 +225,7 @@ class FolderInference:
                 unwritable output folder or unusable weights.
             RuntimeError: after all files, if any failed and ``fail_on_error`` (its message lists them).
         """
+        rank, world = _rank_world()
         same = self.output_dir.resolve() == self.dataset_dir.resolve() if self.dataset_dir.exists() else False
         files, problems = list_volumes(self.dataset_dir, exclude_outputs=same)
         clicks = load_clicks_file(self.clicks_file, lenient=True)
@@ -223,8 +234,15 @@ class FolderInference:
         if unknown:
             logger.warning("clicks file %s names files not in %s: %s", self.clicks_file, self.dataset_dir, unknown)
         self._check_output_dir()
-        for p in remove_stale_temporaries(self.output_dir):
-            logger.info("removed %s left by an interrupted run", p.name)
+        if rank == 0:
+            for p in remove_stale_temporaries(self.output_dir):
+                logger.info("removed %s left by an interrupted run", p.name)
+        if world > 1:  # shard the files over the processes (torchrun); rank 0 reports the folder's problems
+            dist.barrier()
+            all_files = files
+            files = files[rank::world]
+            problems = problems if rank == 0 else []
+            logger.info("rank %d of %d: %d of %d files", rank, world, len(files), len(all_files))
         load_weights(self.network, self.ckpt_path, self.require_weights, self.settings)
         self.network.to(self.device).eval()
         self.results = []
@@ -243,9 +261,17 @@ class FolderInference:
                 logger.debug("traceback of %s", path.name, exc_info=e)
                 row = {"file": path.name, "status": "error", "error": msg}
             row["seconds"] = round(time.perf_counter() - t0, 2)
+            if world > 1:
+                row["rank"] = rank
             logger.info("[%d/%d] %s: %s", i + len(problems), total, path.name, row["status"])
             self.results.append(row)
-        self._write_results()
+        if world > 1:
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, self.results)
+            self.results = sorted((r for part in gathered for r in part), key=lambda r: r["file"])
+            total = len(self.results)
+        if rank == 0:
+            self._write_results()
         failed = [r for r in self.results if r["status"] == "error"]
         if failed and self.fail_on_error:
             lines = "\n".join(f"  {r['error']}" for r in failed)

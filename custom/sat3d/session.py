@@ -67,6 +67,25 @@ class InteractiveSession:
         self.eager = bool(eager)
         self._image: torch.Tensor | None = None
 
+    @classmethod
+    def from_weights(cls, path: str, device: str | torch.device = "cpu", **kwargs) -> "InteractiveSession":
+        """A session on the network, window and thresholds stored in a weights file (:mod:`sat3d.weights`).
+
+        The image given to :meth:`set_image` must be preprocessed as ``session.config`` says (RAS, the
+        ``spacing``, ``intensity`` normalisation), as the bundle's ``inference.json`` does.
+        """
+        from .build import build_sat3d
+        from .weights import load_weights, read_config
+
+        config = read_config(path)
+        network = build_sat3d(config["preset"], confidence_threshold=config["confidence_threshold"],
+                              overrides={"roi_size": config["roi_size"]})
+        load_weights(network, path, require=True, expect={"preset": config["preset"], "roi_size": config["roi_size"]})
+        kwargs.setdefault("threshold", config["mask_threshold"])
+        session = cls(network, device=device, **kwargs)
+        session.config = config
+        return session
+
     # ------------------------------------------------------------------ image
     def set_image(self, image: torch.Tensor) -> None:
         """Set the (preprocessed) volume and clear clicks and caches.

@@ -1,0 +1,71 @@
+"""The shipped weights segment the demo phantom: the README's first command, run as a new user would.
+
+These tests check trained behaviour, so they fail (never skip) when ``bundle/models/model.pt`` is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import BUNDLE, REPO
+from sat3d.weights import read_config
+
+WEIGHTS = BUNDLE / "models" / "model.pt"
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "sample_data"
+    subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(data)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _, lesion, _, _ = mod.make_phantom()
+    return root, data, lesion
+
+
+def _readme_command(data, out, *extra):
+    # the README's demo command, without --require_weights or --ckpt_path: the shipped weights are used
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+           "--dataset_dir", str(data), "--output_dir", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
+
+
+def test_weights_are_shipped_small_and_carry_their_configuration():
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: the bundle must ship trained weights"
+    assert WEIGHTS.stat().st_size <= 25 * 1024 * 1024
+    cfg = read_config(WEIGHTS)
+    for key in ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "version", "training"):
+        assert key in cfg, key
+    assert cfg["preset"] == "sat3d_base" and cfg["training"]
+
+
+def test_demo_with_one_click_and_automatic(demo):
+    root, data, lesion = demo
+    clicked = _readme_command(data, root / "clicked", "--clicks_file", str(data / "clicks.json"))
+    assert clicked.returncode == 0, clicked.stderr[-3000:]
+    text = clicked.stdout + clicked.stderr
+    assert "phantom_ct.nii.gz:" in text and " ml in " in text and "centre [" in text, "the run must say where the mask is and its volume"
+    mask = np.asarray(nib.load(str(root / "clicked" / "phantom_ct_mask.nii.gz")).dataobj)
+    dice_click = _dice(mask, lesion)
+    assert dice_click >= 0.8, f"Dice with the demo's one click {dice_click:.3f} < 0.8"
+    auto = _readme_command(data, root / "auto")
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    mask = np.asarray(nib.load(str(root / "auto" / "phantom_ct_mask.nii.gz")).dataobj)
+    dice_auto = _dice(mask, lesion)
+    assert dice_auto >= 0.5, f"automatic mode Dice {dice_auto:.3f} < 0.5"
+    rows = json.loads(next((root / "clicked").glob("results-*.json")).read_text())
+    lesion_ml = lesion.sum() * 2.0 / 1000.0  # phantom voxels are 1 x 1 x 2 mm
+    assert rows[0]["volume_ml"] == pytest.approx(lesion_ml, rel=0.35)
