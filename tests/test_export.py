@@ -28,7 +28,12 @@ def test_export_refuses_to_overwrite(tmp_path):
 
 
 def test_exported_bundle_runs_standalone(tmp_path):
-    out = export_bundle(tmp_path / "sat3d_bundle")
+    old = os.umask(0o022)
+    try:
+        out = export_bundle(tmp_path / "sat3d_bundle")
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o755, "the exported folder must be readable (not mkdtemp's 0700)"
     assert (out / "sat3d" / "modeling" / "sat3d.py").is_file() and (out / "configs" / "metadata.json").is_file()
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")

@@ -107,11 +107,11 @@ def test_undo_then_click_equals_a_fresh_session(net, image):
     b.add_click((12, 22, 28), positive=False)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.confidence, b.confidence)
     rnd = random.Random(0)
-    for _ in range(3):
+    for _ in range(1):
         s = InteractiveSession(net, overlap=0.5)
         s.set_image(image)
         kept = []
-        for _ in range(5):
+        for _ in range(4):
             if kept and rnd.random() < 0.4:
                 s.undo()
                 kept.pop()

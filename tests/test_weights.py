@@ -67,3 +67,38 @@ def test_session_from_weights_uses_their_network_and_thresholds(tiny, tmp_path):
     assert s.roi_size == (32, 32, 32) and s.threshold == 0.4 and s.config["preset"] == "sat3d_tiny"
     ref = tiny.state_dict()
     assert all(torch.allclose(s.network.state_dict()[k], ref[k], atol=2e-3, rtol=1e-3) for k in ref)
+
+
+def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
+    """If training and inference drift apart, accuracy drops with no error: the load/orient/resample/normalise
+    chains of train.json (training and validation), evaluate.json and inference.json must give the same image."""
+    import nibabel as nib
+    import numpy as np
+    from conftest import BUNDLE, make_sphere_volume
+    from monai.bundle import ConfigParser
+
+    img, lab, aff = make_sphere_volume(shape=(30, 26, 20))
+    aff = aff.copy()
+    aff[:2] *= -1
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "i.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "l.nii.gz"))
+    item = {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz")}
+
+    def chain(config: str, key: str):
+        cp = ConfigParser()
+        cp.read_config(str(BUNDLE / "configs" / config))
+        tf = cp.get_parsed_content(key)
+        names = [type(t).__name__ for t in tf.transforms]
+        end = names.index("ForegroundNormalized") + 1
+        data = dict(item) if config != "inference.json" else {"image": item["image"]}
+        for t in tf.transforms[:end]:
+            data = t(data)
+        return data["image"], names[:end]
+
+    ref, ref_names = chain("inference.json", "preprocessing")
+    assert ref_names[-2:] == ["Spacingd", "ForegroundNormalized"]
+    for config, key in (("evaluate.json", "preprocessing"), ("train.json", "train_transforms"), ("train.json", "val_transforms")):
+        out, names = chain(config, key)
+        assert names == ref_names, (config, key, names)
+        assert out.shape == ref.shape and torch.equal(out.as_tensor(), ref.as_tensor()), (config, key)
+        assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)

@@ -13,6 +13,7 @@ It can be dropped into a MONAI Label ``--conf models`` folder or shared like a m
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -62,6 +63,9 @@ def export_bundle(output: str | Path, bundle_dir: str | Path | None = None, forc
         (tmp / "models").mkdir(exist_ok=True)
         pkg = Path(sat3d.__file__).resolve().parent
         shutil.copytree(pkg, tmp / "sat3d", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the bundle must be readable like any folder the user makes
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             if old.exists():

@@ -10,8 +10,9 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.transforms import Spacingd as _MonaiSpacingd
 
-__all__ = ["ValidateVolumed", "ForegroundNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
+__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
 
 
 class ValidateVolumed(MapTransform):
@@ -45,6 +46,23 @@ class ValidateVolumed(MapTransform):
                 if big:
                     raise ValueError(f"{name}: {big} voxels exceed the float32 range (|value| > 3.4e38); the values are corrupt or in the wrong units.")
         return d
+
+
+class Spacingd(_MonaiSpacingd):
+    """MONAI's ``Spacingd`` without its side effect on other entries.
+
+    MONAI's version calls ``update`` on every entry whose name starts with ``<key>_`` (meant for
+    ``image_meta_dict``); MONAI Label's requests carry the string ``image_path``, so the server failed
+    with "'str' object has no attribute 'update'".  Entries that are not dicts are set aside during the call.
+    """
+
+    def __call__(self, data, lazy=None):  # noqa: D102
+        d = dict(data)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and not isinstance(d[k], dict)
+                 and any(k.startswith(f"{key}_") for key in self.keys)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
 
 
 def foreground_zscore(x: torch.Tensor, clip: float | None = 5.0) -> torch.Tensor:

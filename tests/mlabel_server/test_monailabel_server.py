@@ -104,6 +104,9 @@ def test_auto_and_click_segmentation(server):
     neg = np.asarray(_infer(url, MODEL, root, "neg", foreground=[], background=[click]).dataobj)
     assert pos.shape == src.shape and neg.shape == src.shape
     assert pos[tuple(click)] == 1, "a positive click must add the clicked region"
+    # 3D Slicer's MONAI Label plugin sends deepedit clicks keyed by the label name
+    slicer = np.asarray(_infer(url, MODEL, root, "slicer", tumour=[click], background=[], label="tumour").dataobj)
+    assert slicer[tuple(click)] == 1, "Slicer's label-keyed click must reach the model"
     assert neg[tuple(click)] == 0, "a negative click must remove the clicked region"
     far = [3, 3, 3]
     pos_far = np.asarray(_infer(url, MODEL, root, "pos_far", foreground=[far], background=[]).dataobj)
