@@ -152,7 +152,8 @@ class InteractiveEvaluation:
         image, label = data["image"], data["label"]
         gt = label[0].numpy() > 0.5
         spacing = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)
-        name = case_name(item["image"])
+        name = item.get("case") or (" ".join(str(item[k]) for k in ("patient", "sequence") if item.get(k))
+                                    or case_name(item["image"]))
         base = {"case": name, "modality": item.get("modality", ""), "target": item.get("target", data.get("target_label", 1))}
         session = self._session()
         session.set_image(torch.as_tensor(image))
@@ -233,7 +234,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def _markdown(summary: list[dict[str, Any]]) -> str:
     lines = ["| method | modality | clicks | cases | DSC | IoU | HD95 (mm) | ASSD (mm) | RVE |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
-        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" + (f" ({r[f'{m}_infinite']} inf)" if f"{m}_infinite" in r else "") for m in METRICS]
+        cells = [("–" if math.isnan(r[f"{m}_mean"]) else f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}")
+                 + (f" ({r[f'{m}_infinite']} inf)" if f"{m}_infinite" in r else "") for m in METRICS]
         lines.append(f"| {r.get('method', 'sat3d')} | {r.get('modality', 'all')} | {r['clicks']} | {r['cases']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

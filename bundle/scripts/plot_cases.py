@@ -1,0 +1,80 @@
+"""Draw held-out cases for the model card: image with ground truth, the automatic and the 3-click
+prediction (the evaluation's simulated clicks), and the critic's confidence map.
+
+Usage: ``python bundle/scripts/plot_cases.py DATALIST WEIGHTS OUTPUT.png [CASE_INDEX ...]`` (cases of the
+datalist's ``validation`` list; paths as in the datalist).  Runs on the CPU in a minute or two.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1]
+
+
+def main(datalist: str, weights: str, out: str, *indices: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from monai.bundle import ConfigParser
+    from sat3d.click_simulation import next_click_volume
+    from sat3d.data import load_datalist
+    from sat3d.session import InteractiveSession
+
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / "evaluate.json"))
+    cp["ckpt_path"], cp["dataset_dir"], cp["datalist"] = weights, "/", datalist
+    pre = cp.get_parsed_content("preprocessing")
+    items = load_datalist("/", datalist, "validation", check=False)
+    picks = [int(i) for i in indices] or list(range(min(4, len(items))))
+    session = InteractiveSession.from_weights(weights, overlap=0.25)
+    fig, axes = plt.subplots(len(picks), 4, figsize=(13, 3.3 * len(picks)), dpi=90, squeeze=False)
+    for row, idx in enumerate(picks):
+        item = items[idx]
+        data = pre(dict(item))
+        img, gt = data["image"][0].numpy(), data["label"][0].numpy() > 0.5
+        session.set_image(torch.as_tensor(data["image"]))
+        auto = session.mask.numpy() > 0
+        pred, clicks = auto, []
+        for _ in range(3):
+            nxt = next_click_volume(pred, gt)
+            if nxt is None:
+                break
+            clicks.append(nxt)
+            session.add_click(nxt[0], positive=nxt[1] == 1)
+            pred = session.mask.numpy() > 0
+        conf = session.confidence.numpy()
+        z = int(np.argmax(gt.sum((0, 1)))) if gt.any() else img.shape[2] // 2
+        dice = lambda p: 2 * (p & gt).sum() / max(p.sum() + gt.sum(), 1)  # noqa: E731
+        title = f"{item.get('patient', Path(item['image']).name)} ({item.get('sequence', item.get('modality', ''))})"
+        panels = [("image + ground truth", None), (f"automatic, Dice {dice(auto):.2f}", auto),
+                  (f"3 clicks, Dice {dice(pred):.2f}", pred), ("critic confidence", None)]
+        for col, (name, mask) in enumerate(panels):
+            ax = axes[row, col]
+            if col == 3:
+                im = ax.imshow(conf[:, :, z].T, cmap="viridis", vmin=0, vmax=1, origin="lower")
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            else:
+                ax.imshow(img[:, :, z].T, cmap="gray", vmin=-2.5, vmax=4, origin="lower")
+                ax.contour(gt[:, :, z].T, [0.5], colors="lime", linewidths=1.0)
+            if mask is not None:
+                ax.contour(mask[:, :, z].T, [0.5], colors="red", linewidths=1.0)
+            if col == 2:
+                for (i, j, k), lab in clicks:
+                    if abs(k - z) <= 3:
+                        ax.plot(i, j, "+" if lab else "x", color="yellow" if lab else "cyan", ms=10, mew=2)
+            ax.set_title(f"{title}\n{name}" if col == 0 else name, fontsize=9)
+            ax.axis("off")
+    fig.suptitle("held-out patients (green: ground truth, red: SAT3D; + positive / x negative click within 3 slices)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
