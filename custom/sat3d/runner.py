@@ -295,7 +295,7 @@ class FolderInference:
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
             if as_bool(debug):
                 raise
-            logger.error("%s", _root_cause(e))
+            logger.error("%s", " ".join(str(e).split()) if isinstance(e, (FileNotFoundError, FileExistsError)) else _root_cause(e))
             raise SystemExit(2) from None
 
     def _write_results(self) -> None:

@@ -186,8 +186,8 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     path = Path(ckpt_path) if ckpt_path not in (None, "", "None", "none") else None
     if path is None or not path.exists():
         msg = (
-            f"no SAT3D weights at {path}: pass --ckpt_path to a model.pt "
-            "(the bundle ships bundle/models/model.pt; see bundle/docs/README.md). "
+            f"no SAT3D weights at {path}. No trained weights are shipped yet (see bundle/docs/README.md): "
+            "pass --ckpt_path to weights you trained with the train workflow. "
             "Set require_weights to false only for testing with random weights."
         )
         if require:
