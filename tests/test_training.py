@@ -19,9 +19,8 @@ from ignite.engine import Events
 from sat3d import build_sat3d
 from sat3d.click_simulation import next_click_volume, sample_error_clicks
 from sat3d.data import load_datalist
-from sat3d.engine import SAT3DTrainer, frozen
+from sat3d.engine import SAT3DTrainer, TrainingCheckpoints, frozen
 from sat3d.evaluation import segmentation_metrics
-from sat3d.engine import TrainingCheckpoints
 from sat3d.losses import CriticLoss, GeneratorLoss, uncertainty_masked_bce
 
 TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--num_workers", "0"]

@@ -16,6 +16,10 @@ import torch
 BUNDLE = Path(__file__).resolve().parents[1]
 
 
+def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    return 2 * float((pred & gt).sum()) / max(float(pred.sum() + gt.sum()), 1.0)
+
+
 def main(datalist: str, weights: str, out: str, *indices: str) -> None:
     import matplotlib
 
@@ -50,10 +54,9 @@ def main(datalist: str, weights: str, out: str, *indices: str) -> None:
             pred = session.mask.numpy() > 0
         conf = session.confidence.numpy()
         z = int(np.argmax(gt.sum((0, 1)))) if gt.any() else img.shape[2] // 2
-        dice = lambda p: 2 * (p & gt).sum() / max(p.sum() + gt.sum(), 1)  # noqa: E731
         title = f"{item.get('patient', Path(item['image']).name)} ({item.get('sequence', item.get('modality', ''))})"
-        panels = [("image + ground truth", None), (f"automatic, Dice {dice(auto):.2f}", auto),
-                  (f"3 clicks, Dice {dice(pred):.2f}", pred), ("critic confidence", None)]
+        panels = [("image + ground truth", None), (f"automatic, Dice {_dice(auto, gt):.2f}", auto),
+                  (f"3 clicks, Dice {_dice(pred, gt):.2f}", pred), ("critic confidence", None)]
         for col, (name, mask) in enumerate(panels):
             ax = axes[row, col]
             if col == 3:

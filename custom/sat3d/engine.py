@@ -233,7 +233,9 @@ class TrainingCheckpoints:
         self.validator = validator
         self.model_export = Path(model_export) if model_export else self.dir / "model.pt"
         self.model_config = dict(model_config or {})
-        self.init_weights = init_weights if init_weights not in (None, "", "None", "none") else None
+        from .weights import optional_path
+
+        self.init_weights = optional_path(init_weights)
         self.best_loss = float("inf")
         self.best_dice = -float("inf")
         self._epoch_losses: list[float] = []

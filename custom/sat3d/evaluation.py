@@ -21,7 +21,8 @@ from monai.metrics import (
 
 from .click_simulation import next_click_volume
 from .io import atomic_path, case_name, write_text_atomic
-from .runner import as_bool, load_weights
+from .runner import as_bool
+from .weights import load_weights
 
 __all__ = ["segmentation_metrics", "InteractiveEvaluation"]
 

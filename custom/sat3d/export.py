@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import sat3d
+from sat3d.io import current_umask
 
 __all__ = ["export_bundle", "default_bundle_dir"]
 
@@ -63,9 +64,7 @@ def export_bundle(output: str | Path, bundle_dir: str | Path | None = None, forc
         (tmp / "models").mkdir(exist_ok=True)
         pkg = Path(sat3d.__file__).resolve().parent
         shutil.copytree(pkg, tmp / "sat3d", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the bundle must be readable like any folder the user makes
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the bundle must be readable like any folder the user makes
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             if old.exists():

@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
-import nibabel as nib
 from monai.data import NibabelReader
 from monai.utils import ensure_tuple
 from scipy import ndimage
@@ -245,7 +245,8 @@ def _tmp_path(target: Path) -> Path:
     return Path(tmp)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -259,7 +260,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporary files a killed run left in ``folder`` (only our own ``.<name>.<random>.tmp...``)."""
     removed = []
     for p in Path(folder).glob(TMP_PATTERN):
-        if p.is_file() and ".tmp" in p.name:
+        if p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
@@ -282,7 +283,7 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
     try:
         yield tmp
         if tmp.exists():
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the user's usual permissions
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results get the user's usual permissions
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -290,17 +291,17 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False) -> Iterator[
 
 
 def write_nifti_atomic(array: np.ndarray | torch.Tensor, affine: np.ndarray | None, target: str | os.PathLike,
-                       dtype: Any = np.float32, overwrite: bool = False, like: str | os.PathLike | None = None) -> Path:
+                       dtype: Any = np.float32, overwrite: bool = False, like: Any = None) -> Path:
     """Write an array as NIfTI atomically (see :func:`atomic_path`).
 
-    With ``like`` (the input file), the output takes that file's header: qform and sform with their codes,
+    With ``like`` (the input file, or its loaded nibabel image), the output takes that file's header: qform and sform with their codes,
     so every reader (nibabel, ITK / 3D Slicer) puts the output exactly where it puts the input, whatever
     the axis order, obliquity or header codes; the array is reshaped to the input's shape (e.g. ``(X, Y,
     Z, 1)``).  Without it, ``affine`` is written as both qform and sform (code 1, scanner).
     """
     arr = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array).astype(dtype)
     if like is not None:
-        src = nib.load(str(like))
+        src = like if hasattr(like, "header") else nib.load(str(like))
         if int(np.prod(src.shape)) == arr.size and src.shape != arr.shape:
             arr = arr.reshape(src.shape)
         header = src.header.copy()
@@ -334,9 +335,8 @@ class ExactNibabelReader(NibabelReader):
         return images if len(images) > 1 else images[0]
 
 
-def geometry_problem(path: str | os.PathLike) -> str | None:
-    """Why a NIfTI file's geometry is unusable, or ``None``: a singular sform or qform in use, zero voxel sizes."""
-    hdr = nib.load(str(path)).header
+def geometry_problem(hdr: Any) -> str | None:
+    """Why a NIfTI header's geometry is unusable, or ``None``: a singular sform or qform in use, zero voxel sizes."""
     zooms = hdr.get_zooms()[:3]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         return f"voxel sizes {tuple(float(z) for z in zooms)} are not positive: the geometry is undefined."
@@ -349,9 +349,8 @@ def geometry_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def world_is_defined(path: str | os.PathLike) -> bool:
-    """Whether the file states a world frame (qform or sform code > 0)."""
-    hdr = nib.load(str(path)).header
+def world_is_defined(hdr: Any) -> bool:
+    """Whether a NIfTI header states a world frame (qform or sform code > 0)."""
     return int(hdr["sform_code"]) > 0 or int(hdr["qform_code"]) > 0
 
 

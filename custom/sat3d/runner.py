@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -29,8 +30,9 @@ from .io import (
     write_text_atomic,
 )
 from .transforms import CLICKS_META_KEY
+from .weights import load_weights
 
-__all__ = ["FolderInference", "load_weights"]
+__all__ = ["FolderInference"]
 
 logger = logging.getLogger("sat3d.inference")
 
@@ -61,16 +63,6 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require: bool = True,
-                 expect: dict[str, Any] | None = None) -> bool:
-    """Load SAT3D weights into ``network``; see :func:`sat3d.weights.load_weights`. Returns whether weights were loaded."""
-    from .weights import load_weights as _load
-
-    path = Path(ckpt_path) if ckpt_path not in (None, "", "None", "none") else None
-    _load(network, ckpt_path, require, expect)
-    return path is not None and path.exists()
-
-
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -84,7 +76,7 @@ def _root_cause(e: BaseException) -> str:
     text = " ".join(str(e).split())
     if len(text) > 500:
         text = text[:500] + " ..."
-    if isinstance(e, (ValueError, RuntimeError)) and text:
+    if isinstance(e, (ValueError, RuntimeError, FileNotFoundError, FileExistsError)) and text:
         return text
     return f"{type(e).__name__}: {text}"
 
@@ -106,7 +98,7 @@ class FolderInference:
         inferer: :class:`sat3d.inferer.SAT3DInferer`.
         postprocessing: dict transform on ``{"image", "pred"}`` that inverts the preprocessing and splits
             ``pred`` into mask and ``confidence``.
-        ckpt_path: weights file; see :func:`load_weights`.
+        ckpt_path: weights file; see :func:`sat3d.weights.load_weights`.
         require_weights: fail when ``ckpt_path`` is missing (false only for tests).
         clicks_file: optional JSON clicks file, see :func:`sat3d.io.load_clicks_file`.
         device: device of the network.
@@ -171,7 +163,8 @@ class FolderInference:
             logger.warning("%s: incomplete result from an earlier run (%s only); computing it again.", path.name,
                            ", ".join(p.name for p in existing))
             replace = True
-        problem = geometry_problem(path)
+        src = nib.load(str(path))  # header only: the data are read by the preprocessing
+        problem = geometry_problem(src.header)
         if problem:
             raise ValueError(f"{path.name}: {problem}")
         request: dict[str, Any] = {"image": str(path)}
@@ -179,7 +172,7 @@ class FolderInference:
             raise ValueError(f"{path.name}: {clicks['error']}")
         has_clicks = bool(clicks and (clicks["positive"] or clicks["negative"]))
         if has_clicks:
-            if clicks["space"] == "world" and not world_is_defined(path):
+            if clicks["space"] == "world" and not world_is_defined(src.header):
                 raise ValueError(f"{path.name}: the header states no world frame (qform and sform codes 0), so world "
                                  "clicks cannot be placed; give voxel clicks.")
             request.update(foreground=clicks["positive"], background=clicks["negative"], click_space=clicks["space"])
@@ -200,8 +193,8 @@ class FolderInference:
         spatial = tuple(int(v) for v in image.meta["spatial_shape"])
         if mask.shape != spatial:
             raise RuntimeError(f"{path.name}: inverted mask {mask.shape} differs from the input {spatial}.")
-        write_nifti_atomic(conf, None, conf_path, dtype=np.float32, overwrite=replace, like=path)
-        write_nifti_atomic(mask, None, mask_path, dtype=np.uint8, overwrite=replace, like=path)
+        write_nifti_atomic(conf, None, conf_path, dtype=np.float32, overwrite=replace, like=src)
+        write_nifti_atomic(mask, None, mask_path, dtype=np.uint8, overwrite=replace, like=src)
         stats = mask_statistics(mask, affine, conf)
         where = f"centre {stats['centre_mm']} mm" if stats["centre_mm"] else "no tumour found"
         logger.info("%s: %.2f ml in %d component(s), %s, mean confidence %s -> %s", path.name, stats["volume_ml"],
@@ -295,7 +288,7 @@ class FolderInference:
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
             if as_bool(debug):
                 raise
-            logger.error("%s", " ".join(str(e).split()) if isinstance(e, (FileNotFoundError, FileExistsError)) else _root_cause(e))
+            logger.error("%s", _root_cause(e))
             raise SystemExit(2) from None
 
     def _write_results(self) -> None:

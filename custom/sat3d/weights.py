@@ -13,7 +13,7 @@ Inference, evaluation, the interactive session and the MONAI Label path read ``c
 with the wrong window, spacing, normalisation or thresholds.  A plain state dict (older files, training
 checkpoints) is still accepted, with a warning that nothing can be checked.
 
-``python -m sat3d.weights FILE`` prints a file's configuration; ``python -m sat3d.weights pack CHECKPOINT
+``python -m sat3d.weights show FILE`` prints a file's configuration; ``python -m sat3d.weights pack CHECKPOINT
 OUTPUT --config JSON`` writes a weights file from a training checkpoint.
 """
 
@@ -65,8 +65,6 @@ def _norm(value: Any) -> Any:
         return [_norm(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _norm(v) for k, v in value.items()}
-    if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
-        return value
     return value
 
 
@@ -79,6 +77,11 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return a == b
+
+
+def optional_path(value: Any) -> Path | None:
+    """A path from a config or command-line value; ``None``, ``""`` and ``"none"`` mean no file."""
+    return None if value is None or str(value).strip().lower() in ("", "none") else Path(value)
 
 
 def save_weights(network_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | Path,
@@ -137,7 +140,7 @@ def read_config(path: str | Path | None = None, require: bool | str = True) -> d
     is false (random-weight testing); a missing file with ``require`` is reported later by
     :func:`load_weights` with the full message, so this returns the defaults then too.
     """
-    p = Path(path) if path not in (None, "", "None", "none") else None
+    p = optional_path(path)
     if p is None or not p.is_file():
         return dict(DEFAULT_CONFIG)
     try:
@@ -183,7 +186,7 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
         ValueError: for a file that is not SAT3D weights, settings that contradict it, or parameters
             that do not match the network (missing / unexpected / wrong shape, named).
     """
-    path = Path(ckpt_path) if ckpt_path not in (None, "", "None", "none") else None
+    path = optional_path(ckpt_path)
     if path is None or not path.exists():
         msg = (
             f"no SAT3D weights at {path}. No trained weights are shipped yet (see bundle/docs/README.md): "
