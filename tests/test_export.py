@@ -34,6 +34,7 @@ def test_exported_bundle_runs_standalone(tmp_path):
     finally:
         os.umask(old)
     assert (out.stat().st_mode & 0o777) == 0o755, "the exported folder must be readable (not mkdtemp's 0700)"
+    assert not (out / "models" / "experimental").exists(), "experimental weights must not travel with the bundle"
     assert (out / "sat3d" / "modeling" / "sat3d.py").is_file() and (out / "configs" / "metadata.json").is_file()
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")

@@ -18,15 +18,19 @@ def test_round_trip_fp16_storage_loaded_as_fp32(tiny, tmp_path):
     path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32], "training": "unit test"})
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "sat3d-weights" and raw["state_dict"]["mask_decoder.mask_token.weight"].dtype == torch.float16
+    assert not [k for k in raw["state_dict"] if k.endswith("relative_position_index")], "derived buffers are not stored"
     state, cfg = read_weights(path)
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     ref = tiny.state_dict()
-    assert all(torch.allclose(state[k], ref[k], atol=2e-3, rtol=1e-3) for k in ref)
+    assert set(state) == {k for k in ref if not k.endswith("relative_position_index")}
+    assert all(torch.allclose(state[k], ref[k], atol=2e-3, rtol=1e-3) for k in state)
     assert cfg["preset"] == "sat3d_tiny" and cfg["roi_size"] == [32, 32, 32] and cfg["training"] == "unit test"
     assert cfg["spacing"] == DEFAULT_CONFIG["spacing"] and "version" in cfg
     net = build_sat3d("sat3d_tiny")
     assert load_weights(net, path, expect={"roi_size": [32, 32, 32], "preset": "sat3d_tiny"})["preset"] == "sat3d_tiny"
     assert torch.equal(net.state_dict()["mask_decoder.mask_token.weight"], state["mask_decoder.mask_token.weight"])
+    own = build_sat3d("sat3d_tiny").state_dict()
+    assert all(torch.equal(net.state_dict()[k], own[k]) for k in own if k.endswith("relative_position_index"))
 
 
 def test_contradicting_settings_are_refused(tiny, tmp_path):
@@ -102,3 +106,16 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert names == ref_names, (config, key, names)
         assert out.shape == ref.shape and torch.equal(out.as_tensor(), ref.as_tensor()), (config, key)
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
+
+
+def test_experimental_weights_load_with_their_configuration():
+    """The first CPU attempt's weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
+    from conftest import BUNDLE
+    from sat3d.session import InteractiveSession
+
+    path = BUNDLE / "models" / "experimental" / "sat3d_cpu_attempt1.pt"
+    assert path.is_file() and path.stat().st_size <= 25 * 1024 * 1024
+    cfg = read_config(path)
+    assert cfg["status"] == "experimental" and cfg["training"].startswith("EXPERIMENTAL")
+    assert cfg["preset"] == "sat3d_base" and cfg["roi_size"] == [64, 64, 64] and cfg["spacing"] == [1.5, 1.5, 1.5]
+    assert InteractiveSession.from_weights(str(path)).roi_size == (64, 64, 64)

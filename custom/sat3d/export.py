@@ -58,7 +58,8 @@ def export_bundle(output: str | Path, bundle_dir: str | Path | None = None, forc
         for item in BUNDLE_ITEMS:
             s = src / item
             if s.is_dir():
-                shutil.copytree(s, tmp / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+                # models/experimental holds weights that are not fit for use: they stay in the repository
+                shutil.copytree(s, tmp / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "experimental"))
             elif s.is_file():
                 shutil.copy2(s, tmp / item)
         (tmp / "models").mkdir(exist_ok=True)

@@ -54,6 +54,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mask_threshold": 0.5,
     "protocol": "sat3d",
 }
+#: buffers a network computes from its own configuration (Swin relative-position indices: 7 x 2 MB of
+#: int64); weights files leave them out and loading takes them from the network being loaded
+DERIVED_BUFFERS = ("relative_position_index",)
 #: keys a run's settings are checked against
 CHECKED_KEYS = ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "protocol")
 
@@ -79,6 +82,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _derived(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
+
+
 def optional_path(value: Any) -> Path | None:
     """A path from a config or command-line value; ``None``, ``""`` and ``"none"`` mean no file."""
     return None if value is None or str(value).strip().lower() in ("", "none") else Path(value)
@@ -90,7 +97,8 @@ def save_weights(network_or_state: torch.nn.Module | Mapping[str, torch.Tensor],
     from .io import atomic_path
 
     state = network_or_state.state_dict() if isinstance(network_or_state, torch.nn.Module) else dict(network_or_state)
-    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()) for k, v in state.items()}
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in state.items() if not _derived(k)}
     cfg = {**DEFAULT_CONFIG, **_norm(dict(config))}
     if "version" not in cfg:
         from . import __version__
@@ -203,6 +211,7 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     else:
         check_config(config, str(path), **dict(expect or {}))
     own = network.state_dict()
+    state = {**{k: own[k] for k in own if _derived(k) and k not in state}, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
