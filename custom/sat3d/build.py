@@ -9,18 +9,32 @@ from .modeling import SAT3D, Critic3D, MaskDecoder3D, PromptEncoder3D, SwinImage
 
 __all__ = ["PRESETS", "build_sat3d"]
 
-#: Preset name -> keyword arguments of the parts.  ``sat3d_base`` follows the paper (11.1 M parameters).
+#: Preset name -> keyword arguments of the parts (``encoder``, ``prompt``, ``decoder``, ``critic``).
+#: ``sat3d_base`` follows the paper (11.1 M parameters) with the authors' defects fixed.  ``sat3d_paper``
+#: switches those parts back to the authors' implementation; it exists only to run their published
+#: weights (see :mod:`sat3d.convert`), not for training.
 PRESETS: dict[str, dict[str, Any]] = {
     "sat3d_base": {
         "roi_size": (128, 128, 128),
         "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2},
+        "prompt": {},
         "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48)},
         "critic": {"channels": (8, 16, 32), "dilations": (1, 2, 4)},
+    },
+    "sat3d_paper": {
+        "roi_size": (128, 128, 128),
+        "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2,
+                    "merging": "paper"},
+        "prompt": {"positional_encoding": "paper", "dense_norm": "layer"},
+        "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48), "num_mask_tokens": 4,
+                    "upscale_norm": "layer"},
+        "critic": {"design": "paper", "channels": (16, 32, 64)},
     },
     # Small network for unit tests and CPU smoke runs on 32^3 crops; not meant to segment anything.
     "sat3d_tiny": {
         "roi_size": (32, 32, 32),
         "encoder": {"embed_dim": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 4, 8), "window_size": 4, "patch_size": 2},
+        "prompt": {},
         "decoder": {"depth": 1, "num_heads": 4, "mlp_dim": 128, "upscale_channels": (24, 12)},
         "critic": {"channels": (4, 8, 8), "dilations": (1,)},
     },
@@ -66,7 +80,7 @@ def build_sat3d(
     if any(s % encoder.stride for s in roi):
         raise ValueError(f"roi_size {roi} must be a multiple of the encoder stride {encoder.stride}.")
     grid = tuple(s // encoder.stride for s in roi)
-    prompt = PromptEncoder3D(embed_dim=encoder.out_channels, embedding_size=grid, input_size=roi)
+    prompt = PromptEncoder3D(embed_dim=encoder.out_channels, embedding_size=grid, input_size=roi, **cfg.get("prompt", {}))
     decoder = MaskDecoder3D(embed_dim=encoder.out_channels, **cfg["decoder"])
     critic = Critic3D(in_channels=in_channels, **cfg["critic"])
     return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold)

@@ -5,6 +5,8 @@ Built from MONAI's Swin pieces (:class:`~monai.networks.blocks.PatchEmbed`,
 :class:`~monai.networks.nets.swin_unetr.PatchMergingV2`).  ``PatchMergingV2`` is used on purpose:
 it concatenates all eight voxels of every 2x2x2 neighbourhood, whereas the legacy ``PatchMerging``
 (and the authors' public code) repeats some sub-grids and drops half of the voxels.
+:class:`PaperPatchMerging` reproduces the authors' merging exactly; it exists only to run their published
+weights (the ``sat3d_paper`` preset).
 """
 
 from __future__ import annotations
@@ -18,7 +20,38 @@ from torch import nn
 
 from .window_attention import CachedMaskBasicLayer
 
-__all__ = ["SwinImageEncoder3D"]
+__all__ = ["SwinImageEncoder3D", "PaperPatchMerging"]
+
+#: the four (d, h, w) offsets of a 2x2x2 neighbourhood that the authors' patch merging keeps, in their order
+PAPER_MERGING_OFFSETS = ((0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1))
+
+
+class PaperPatchMerging(nn.Module):
+    """The authors' 3D patch merging: 4 of the 8 voxels of each 2x2x2 neighbourhood, LayerNorm(4C), Linear(4C, 2C).
+
+    Half of the voxels never reach the next stage; this is a known defect of the public code, kept only so
+    that their trained weights compute what they were trained to compute.
+
+    Args:
+        dim: channels C of the input.
+        norm_layer: normalisation of the concatenated ``4C`` features.
+        spatial_dims: must be 3.
+    """
+
+    def __init__(self, dim: int, norm_layer: type[nn.LayerNorm] = nn.LayerNorm, spatial_dims: int = 3) -> None:
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError(f"PaperPatchMerging is 3D only, got spatial_dims={spatial_dims}.")
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W, C)`` (even D, H, W) -> ``(B, D/2, H/2, W/2, 2C)``."""
+        if x.ndim != 5 or any(s % 2 for s in x.shape[1:4]):
+            raise ValueError(f"expected (B, D, H, W, C) with even D, H, W, got {tuple(x.shape)}.")
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in PAPER_MERGING_OFFSETS], -1)
+        return self.reduction(self.norm(x))
 
 
 class SwinImageEncoder3D(nn.Module):
@@ -42,6 +75,8 @@ class SwinImageEncoder3D(nn.Module):
             MONAI's attention, i.e. when ``fast_attention`` is false.
         fast_attention: use :class:`~sat3d.modeling.window_attention.CachedMaskBasicLayer` (cached shift masks,
             windows grouped by mask form); same parameters as MONAI's layers.
+        merging: ``"v2"`` (MONAI's ``PatchMergingV2``: all 8 voxels) or ``"paper"`` (:class:`PaperPatchMerging`,
+            only for the authors' weights).
 
     Raises:
         ValueError: if the stage lists have different lengths or a width is not divisible by its heads.
@@ -60,11 +95,15 @@ class SwinImageEncoder3D(nn.Module):
         use_checkpoint: bool = False,
         use_flash_attention: bool = True,
         fast_attention: bool = True,
+        merging: str = "v2",
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads) or len(depths) < 1:
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must be non-empty and equally long.")
         n_stages = len(depths)
+        mergings = {"v2": PatchMergingV2, "paper": PaperPatchMerging}
+        if merging not in mergings:
+            raise ValueError(f"unknown merging {merging!r}; choose one of {sorted(mergings)}.")
         for i, heads in enumerate(num_heads):
             width = embed_dim * 2**i
             if width % heads:
@@ -89,7 +128,7 @@ class SwinImageEncoder3D(nn.Module):
                     drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                     mlp_ratio=mlp_ratio,
                     qkv_bias=True,
-                    downsample=PatchMergingV2 if i < n_stages - 1 else None,
+                    downsample=mergings[merging] if i < n_stages - 1 else None,
                     use_checkpoint=use_checkpoint,
                     use_flash_attention=use_flash_attention,
                 )

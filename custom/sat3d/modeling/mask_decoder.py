@@ -6,6 +6,8 @@ import torch
 from monai.networks.nets.vista3d import MLP, TwoWayTransformer
 from torch import nn
 
+from .common import channel_norm
+
 __all__ = ["MaskDecoder3D"]
 
 
@@ -24,6 +26,10 @@ class MaskDecoder3D(nn.Module):
         mlp_dim: hidden size of the transformer MLPs.
         upscale_channels: channels after the first and second transposed conv.
         iou_head_hidden: hidden width of the IoU head.
+        num_mask_tokens: mask tokens taking part in attention; only the first one's mask is produced (1 for
+            ours; 4 in the authors' network, which inherited SAM's multimask tokens and reads only token 0).
+        upscale_norm: normalisation after the first transposed conv, ``"group"`` (ours) or ``"layer"`` (the
+            authors' per-voxel channel LayerNorm).
     """
 
     def __init__(
@@ -34,16 +40,20 @@ class MaskDecoder3D(nn.Module):
         mlp_dim: int = 2048,
         upscale_channels: tuple[int, int] = (96, 48),
         iou_head_hidden: int = 256,
+        num_mask_tokens: int = 1,
+        upscale_norm: str = "group",
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=embed_dim, num_heads=num_heads, mlp_dim=mlp_dim)
-        self.mask_token = nn.Embedding(1, embed_dim)
+        if num_mask_tokens < 1:
+            raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}.")
+        self.mask_token = nn.Embedding(int(num_mask_tokens), embed_dim)
         self.iou_token = nn.Embedding(1, embed_dim)
         c1, c2 = upscale_channels
         self.output_upscaling = nn.Sequential(
             nn.ConvTranspose3d(embed_dim, c1, kernel_size=2, stride=2),
-            nn.GroupNorm(1, c1),
+            channel_norm(upscale_norm, c1),
             nn.GELU(),
             nn.ConvTranspose3d(c1, c2, kernel_size=2, stride=2),
             nn.GELU(),

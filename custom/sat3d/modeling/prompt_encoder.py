@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,7 +10,46 @@ import torch.nn.functional as F
 from monai.networks.nets.vista3d import PositionEmbeddingRandom
 from torch import nn
 
-__all__ = ["PromptEncoder3D", "DenseBranch"]
+from .common import channel_norm
+
+__all__ = ["PromptEncoder3D", "DenseBranch", "PaperPositionEmbedding"]
+
+
+class PaperPositionEmbedding(nn.Module):
+    """The authors' random-Fourier positional encoding (only for their weights, preset ``sat3d_paper``).
+
+    A ``(3, E/3)`` Gaussian matrix and ``[sin, cos, sin]`` features of width E.  Clicks map axis 0, 1, 2 to
+    the matrix rows 0, 1, 2, but the dense grid is stacked (dim 1, dim 0, dim 2): the first two axes are
+    swapped between clicks and image, exactly as in their code (so their weights expect it).
+
+    Args:
+        embed_dim: width E of the encoding (divisible by 3).
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        if embed_dim % 3:
+            raise ValueError(f"the paper's positional encoding needs embed_dim divisible by 3, got {embed_dim}.")
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn((3, embed_dim // 3)))
+
+    def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
+        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords), torch.sin(coords)], dim=-1)
+
+    def forward(self, size: Sequence[int]) -> torch.Tensor:
+        """``(E, d, h, w)`` encoding of the token grid (centres ``(index + 0.5) / size``)."""
+        d, h, w = (int(s) for s in size)
+        grid = torch.ones((d, h, w), device=self.positional_encoding_gaussian_matrix.device)
+        e0 = (grid.cumsum(0) - 0.5) / d
+        e1 = (grid.cumsum(1) - 0.5) / h
+        e2 = (grid.cumsum(2) - 0.5) / w
+        return self._pe_encoding(torch.stack([e1, e0, e2], dim=-1)).permute(3, 0, 1, 2)
+
+    def forward_with_coords(self, coords: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
+        """``(B, N, 3)`` coordinates in voxels of a crop of ``image_size`` -> ``(B, N, E)``."""
+        scale = torch.as_tensor([float(s) for s in image_size], device=coords.device)
+        return self._pe_encoding(coords.float() / scale)
 
 
 class DenseBranch(nn.Module):
@@ -18,17 +58,18 @@ class DenseBranch(nn.Module):
     Args:
         out_channels: channels of the produced dense embedding.
         hidden: channels of the two intermediate convs.
+        norm: ``"group"`` (ours) or ``"layer"`` (per-voxel channel LayerNorm, the authors').
     """
 
-    def __init__(self, out_channels: int, hidden: Sequence[int] = (4, 16)) -> None:
+    def __init__(self, out_channels: int, hidden: Sequence[int] = (4, 16), norm: str = "group") -> None:
         super().__init__()
         h1, h2 = hidden
         self.net = nn.Sequential(
             nn.Conv3d(1, h1, kernel_size=2, stride=2),
-            nn.GroupNorm(1, h1),
+            channel_norm(norm, h1),
             nn.GELU(),
             nn.Conv3d(h1, h2, kernel_size=2, stride=2),
-            nn.GroupNorm(1, h2),
+            channel_norm(norm, h2),
             nn.GELU(),
             nn.Conv3d(h2, out_channels, kernel_size=1),
         )
@@ -53,6 +94,9 @@ class PromptEncoder3D(nn.Module):
         embedding_size: token grid of the image embedding, e.g. ``(8, 8, 8)``.
         input_size: crop size the clicks refer to, e.g. ``(128, 128, 128)``.
         mask_in_chans: hidden channels of the dense branches.
+        positional_encoding: ``"monai"`` (MONAI's ``PositionEmbeddingRandom``, ours) or ``"paper"``
+            (:class:`PaperPositionEmbedding`, only for the authors' weights).
+        dense_norm: normalisation in the dense branches, ``"group"`` or ``"layer"`` (see :class:`DenseBranch`).
     """
 
     def __init__(
@@ -61,6 +105,8 @@ class PromptEncoder3D(nn.Module):
         embedding_size: Sequence[int] = (8, 8, 8),
         input_size: Sequence[int] = (128, 128, 128),
         mask_in_chans: Sequence[int] = (4, 16),
+        positional_encoding: str = "monai",
+        dense_norm: str = "group",
     ) -> None:
         super().__init__()
         if embed_dim % 2:
@@ -69,13 +115,18 @@ class PromptEncoder3D(nn.Module):
         self.embedding_size = tuple(int(s) for s in embedding_size)
         self.input_size = tuple(int(s) for s in input_size)
         self.mask_input_size = tuple(4 * s for s in self.embedding_size)
-        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        if positional_encoding == "monai":
+            self.pe_layer: nn.Module = PositionEmbeddingRandom(embed_dim // 2)
+        elif positional_encoding == "paper":
+            self.pe_layer = PaperPositionEmbedding(embed_dim)
+        else:
+            raise ValueError(f"unknown positional_encoding {positional_encoding!r}; choose 'monai' or 'paper'.")
         # index 0: negative click, index 1: positive click
         self.point_embeddings = nn.ModuleList([nn.Embedding(1, embed_dim) for _ in range(2)])
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
         half = embed_dim // 2
-        self.mask_branch = DenseBranch(half, mask_in_chans)
-        self.confidence_branch = DenseBranch(embed_dim - half, mask_in_chans)
+        self.mask_branch = DenseBranch(half, mask_in_chans, dense_norm)
+        self.confidence_branch = DenseBranch(embed_dim - half, mask_in_chans, dense_norm)
         self.no_mask_embed = nn.Embedding(1, half)
         self.no_confidence_embed = nn.Embedding(1, embed_dim - half)
 
