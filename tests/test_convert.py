@@ -161,3 +161,48 @@ def test_truncated_and_unsafe_files_are_refused_with_their_name(tmp_path):
     torch.save({"model_state_dict": {}, "hook": Path("x")}, unsafe)  # a global outside the allowlist
     with pytest.raises(ConversionError, match="unsafe.pth: not a readable"):
         load_authors_checkpoint(unsafe)
+
+
+def test_paper_session_clicks_only_and_normalises_each_window(converted):
+    """The paper protocol: no automatic mode (windows without a click stay background) and every window is
+    z-normalised over its voxels > 0 before the encoder sees it."""
+    from sat3d.paper_preprocessing import zscore_positive
+    from sat3d.session import InteractiveSession
+
+    net, sd = converted
+    net.load_state_dict(sd, strict=True)
+    torch.manual_seed(0)
+    img = torch.rand(1, 128, 128, 200) * 300.0 - 100.0  # two windows along the last axis
+    s = InteractiveSession(net, protocol="paper", window_intensity=zscore_positive, overlap=0.25)
+    s.set_image(img)
+    assert s.clicked_windows_only and float(s.logits.max()) < -10 and s.encoder_calls == 0
+    s.add_click((64, 64, 10), positive=True)
+    assert s.encoder_calls == 1 and s.decoder_calls == 1, "only the clicked window is computed"
+    with torch.no_grad():
+        emb = net.encode(zscore_positive(img[None, :, :, :, :128]))
+    torch.testing.assert_close(s._embeddings[0], emb, atol=1e-5, rtol=0)
+    assert float(s.logits[..., 150:].max()) < -10
+
+
+def test_bundle_runs_converted_weights_with_the_paper_protocol(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    weights = tmp_path / "paper.pt"
+    convert(MODEL, CRITIC, weights)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    vol = rng.normal(40, 20, (100, 90, 30)).astype(np.float32)
+    vol[:, :10] = -1000.0  # air: a CT
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 3.0, 1.0])), str(data / "ct.nii.gz"))
+    (data / "clicks.json").write_text(json.dumps({"ct.nii.gz": {"space": "voxel", "positive": [[50, 45, 15]]}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(REPO / "bundle" / "configs" / "inference.json"),
+         "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(weights),
+         "--clicks_file", str(data / "clicks.json")],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    mask = nib.load(str(tmp_path / "out" / "ct_mask.nii.gz"))
+    assert mask.shape == vol.shape and np.allclose(mask.affine, np.diag([1.0, 1.0, 3.0, 1.0]))

@@ -9,17 +9,33 @@ from sat3d import build_sat3d
 from sat3d.inferer import SAT3DInferer, clicks_in_window
 
 
+class _EchoCritic(torch.nn.Module):
+    def forward_logits(self, image, prob):
+        return torch.full_like(prob, 10.0)
+
+
 class Recorder(torch.nn.Module):
-    """Stands in for SAT3D: records the prompts each window receives and echoes the mask prompt."""
+    """Stands in for SAT3D: the embedding is the window itself; records the prompts each decode receives.
+
+    The automatic result echoes the image; with a mask prompt it echoes the prompt (as logits)."""
+
+    confidence_threshold = 0.3
+    roi_size = (32, 32, 32)
 
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.encoded = []
+        self.critic = _EchoCritic()
 
-    def forward(self, x, points=None, point_labels=None, prev_mask=None, confidence=None):
-        self.calls.append((x.clone(), points, point_labels, prev_mask))
-        logits = prev_mask if prev_mask is not None else x[:, :1]
-        return {"logits": logits, "confidence": torch.ones_like(logits)}
+    def encode(self, x):
+        self.encoded.append(x.shape[0])
+        return x.clone()
+
+    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None):
+        self.calls.append((emb, points, point_labels, prev_mask))
+        logits = torch.logit(prev_mask.clamp(1e-6, 1 - 1e-6)) if prev_mask is not None else emb[:, :1]
+        return logits, torch.zeros(emb.shape[0], 1)
 
 
 def test_clicks_in_window_translates_and_pads():
@@ -45,12 +61,14 @@ def test_clicks_reach_the_right_windows_in_local_coordinates():
 
 
 def test_previous_mask_is_aligned_in_every_window():
+    """The mask prompt a clicked window receives is the blended previous result at exactly its place."""
     net = Recorder()
     img = torch.randn(1, 1, 70, 45, 33)
-    prev = (torch.rand(1, 1, 70, 45, 33) > 0.5).float()
-    out = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.5, mode="gaussian")(img, net, prev_mask=prev)
-    # the stand-in echoes the window's mask prompt; a misaligned crop would blur the stitched result
-    assert torch.allclose(out[:, :1].as_tensor(), prev, atol=1e-4)
+    SAT3DInferer(roi_size=(32, 32, 32), overlap=0.5, mode="gaussian")(img, net, points=[[40, 20, 16]], point_labels=[1])
+    prompted = [(emb, prev) for emb, _, _, prev in net.calls if prev is not None]
+    assert len(prompted) >= 2, "the click lies in several overlapping windows"
+    for emb, prev in prompted:  # automatic result = the image, so the prompt must be sigmoid(own crop)
+        torch.testing.assert_close(prev, torch.sigmoid(emb[:, :1]), atol=1e-4, rtol=0)
 
 
 def test_output_is_metatensor_with_input_geometry_and_small_images_work():
@@ -70,8 +88,8 @@ def test_bad_clicks_raise_clear_errors():
         inf(img, net, points=[[40, 1, 1]], point_labels=[1])
     with pytest.raises(ValueError, match="labels must be 1"):
         inf(img, net, points=[[4, 1, 1]], point_labels=[2])
-    with pytest.raises(ValueError, match="size"):
-        inf(img, net, prev_mask=torch.zeros(1, 1, 31, 32, 32))
+    with pytest.raises(ValueError, match=r"\(1, C, D, H, W\)"):
+        inf(torch.zeros(2, 1, 32, 32, 32), net)
 
 
 def test_clicked_windows_only_blanks_windows_without_positive_clicks():
@@ -84,23 +102,42 @@ def test_clicked_windows_only_blanks_windows_without_positive_clicks():
 
 
 @pytest.mark.parametrize("sw_batch_size", [3, 8])
-def test_each_window_of_a_batch_gets_its_own_clicks(sw_batch_size):
-    """Catches every window of a batch receiving window 0's click coordinates."""
+def test_each_window_gets_its_own_clicks_and_windows_are_encoded_in_batches(sw_batch_size):
+    """Catches windows receiving another window's click coordinates."""
     net = Recorder()
     img = torch.zeros(1, 1, 70, 45, 40)
     clicks = [[50, 10, 20], [12, 40, 35]]
     for c in clicks:
         img[(0, 0, *c)] = 1.0
     SAT3DInferer(roi_size=(32, 32, 32), overlap=0.5, sw_batch_size=sw_batch_size)(img, net, points=clicks, point_labels=[1, 0])
-    windows_with_marker = windows_with_click = 0
+    windows_with_click = 0
     for x, p, lab, _ in net.calls:
-        for i in range(x.shape[0]):
-            markers = {tuple(v) for v in (x[i, 0] == 1.0).nonzero().tolist()}
-            given = {tuple(p[i, j].long().tolist()) for j in range(p.shape[1]) if lab[i, j] >= 0} if p is not None else set()
-            assert given == markers, "a window must get exactly the clicks inside it, at their local voxel"
-            windows_with_marker += bool(markers)
-            windows_with_click += bool(given)
-    assert any(x.shape[0] > 1 for x, *_ in net.calls) and windows_with_marker >= 4 and windows_with_click == windows_with_marker
+        markers = {tuple(v) for v in (x[0, 0] == 1.0).nonzero().tolist()}
+        given = {tuple(p[0, j].long().tolist()) for j in range(p.shape[1]) if lab[0, j] >= 0} if p is not None else set()
+        assert given <= markers, "a window may only get clicks inside it, at their local voxel"
+        windows_with_click += bool(given)
+    assert max(net.encoded) == sw_batch_size and windows_with_click >= 4
+
+
+def test_cached_session_runs_only_the_new_click_and_undo():
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 40, 36, 34)
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2)
+    first = inf(img, net, points=[[5, 6, 7]], point_labels=[1])
+    assert inf.last_cache_use == "new"
+    session = next(iter(inf._cache.values()))
+    enc, dec = session.encoder_calls, session.decoder_calls
+    second = inf(img.clone(), net, points=[[5, 6, 7], [30, 30, 30]], point_labels=[1, 0])
+    assert inf.last_cache_use == "extended" and session.encoder_calls == enc
+    inside = sum(all(s.start <= v < s.stop for s, v in zip(w, (30, 30, 30))) for w in session.windows)
+    assert session.decoder_calls == dec + inside
+    fresh = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(img, net, points=[[5, 6, 7], [30, 30, 30]], point_labels=[1, 0])
+    assert torch.equal(second.as_tensor(), fresh.as_tensor()), "a cached session must give what a fresh one gives"
+    back = inf(img, net, points=[[5, 6, 7]], point_labels=[1])
+    assert inf.last_cache_use == "undo" and torch.equal(back.as_tensor(), first.as_tensor())
+    for k in range(3):  # the cache is bounded
+        inf(img + k + 1, net)
+    assert len(inf._cache) == 2
 
 
 def test_clicks_carried_in_metadata_reach_the_network():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from sat3d import build_sat3d
-from sat3d.inferer import SAT3DInferer
 from sat3d.session import InteractiveSession
 
 
@@ -21,10 +20,19 @@ def image():
     return torch.randn(1, 70, 45, 33)
 
 
-def test_automatic_result_equals_inferer(net, image):
+def test_automatic_result_equals_monai_sliding_windows(net, image):
+    """The session's window plan and blending are MONAI's sliding-window inference."""
+    from monai.inferers import sliding_window_inference
+
     s = InteractiveSession(net, overlap=0.25)
     s.set_image(image)
-    ref = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(image[None], net)
+
+    def predictor(x):
+        out = net(x)
+        return torch.cat([out["logits"], out["confidence"]], 1)
+
+    with torch.no_grad():
+        ref = sliding_window_inference(image[None], (32, 32, 32), 1, predictor, overlap=0.25, mode="gaussian")
     assert torch.allclose(s.logits, ref[0, 0], atol=1e-4)
     assert torch.allclose(s.confidence, ref[0, 1], atol=1e-5)
     assert s.mask.shape == image.shape[1:] and s.mask.dtype == torch.uint8
@@ -66,16 +74,17 @@ def test_undo_restores_exactly_and_reset(net, image):
     assert s.clicks == [] and torch.allclose(s.logits, auto_l, atol=1e-5)
 
 
-def test_click_feeds_previous_mask_and_matches_inferer_in_its_window(net):
+def test_click_runs_one_protocol_step_with_the_previous_result(net):
     torch.manual_seed(2)
-    img = torch.randn(1, 32, 32, 32)  # one window: session and inferer see the same prompts
+    img = torch.randn(1, 32, 32, 32)  # one window
     s = InteractiveSession(net)
     s.set_image(img)
     prob, conf = s.probability.clone(), s.confidence.clone()
     s.add_click((12, 13, 14), positive=True)
-    ref = SAT3DInferer(roi_size=(32, 32, 32))(
-        img[None], net, points=[[12, 13, 14]], point_labels=[1], prev_mask=prob[None, None],
-        prev_confidence=(conf >= net.confidence_threshold).float()[None, None])
+    with torch.no_grad():
+        low, _ = net.decode(net.encode(img[None]), torch.tensor([[[12.0, 13.0, 14.0]]]), torch.tensor([[1]]),
+                            prob[None, None], (conf >= net.confidence_threshold).float()[None, None])
+        ref = torch.nn.functional.interpolate(low, size=(32, 32, 32), mode="trilinear", align_corners=False)
     assert torch.allclose(s.logits, ref[0, 0], atol=1e-4)
 
 

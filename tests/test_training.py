@@ -378,11 +378,20 @@ def test_metrics_in_mm_and_empty_conventions():
     assert segmentation_metrics(empty, empty, (1, 1, 1))["dice"] == 1.0
 
 
+class _ConfidentCritic(torch.nn.Module):
+    def forward_logits(self, image, prob):
+        return torch.full_like(prob, 20.0)
+
+
 class _ThresholdNet(torch.nn.Module):
     """Stand-in for SAT3D whose mask is exactly ``image > 0.5`` (so the evaluated prediction is known)."""
 
     roi_size = (32, 32, 32)
     confidence_threshold = 0.3
+
+    def __init__(self):
+        super().__init__()
+        self.critic = _ConfidentCritic()
 
     def encode(self, x):
         return x

@@ -93,14 +93,14 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         cp.read_config(str(BUNDLE / "configs" / config))
         tf = cp.get_parsed_content(key)
         names = [type(t).__name__ for t in tf.transforms]
-        end = names.index("ForegroundNormalized") + 1
+        end = names.index("IntensityNormalized") + 1
         data = dict(item) if config != "inference.json" else {"image": item["image"]}
         for t in tf.transforms[:end]:
             data = t(data)
         return data["image"], names[:end]
 
     ref, ref_names = chain("inference.json", "preprocessing")
-    assert ref_names[-2:] == ["Spacingd", "ForegroundNormalized"]
+    assert ref_names[-2:] == ["Spacingd", "IntensityNormalized"]
     for config, key in (("evaluate.json", "preprocessing"), ("train.json", "train_transforms"), ("train.json", "val_transforms")):
         out, names = chain(config, key)
         assert names == ref_names, (config, key, names)

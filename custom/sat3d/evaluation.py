@@ -128,6 +128,9 @@ class InteractiveEvaluation:
             mode=getattr(self.inferer, "mode", "gaussian"),
             device=self.device,
             threshold=self.threshold,
+            protocol=getattr(self.inferer, "protocol", "sat3d"),
+            clicked_windows_only=getattr(self.inferer, "clicked_windows_only", False),
+            window_intensity=getattr(self.inferer, "window_intensity", None),
         )
 
     def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict) -> list[dict[str, Any]]:

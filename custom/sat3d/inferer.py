@@ -1,14 +1,16 @@
-"""Sliding-window inference of SAT3D with clicks and dense prompts mapped into every window."""
+"""Whole-volume inference of SAT3D with clicks (MONAI ``Inferer`` over the interactive session)."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.inferers import Inferer, sliding_window_inference
+from monai.inferers import Inferer
 
 from .transforms import CLICKS_META_KEY
 
@@ -40,26 +42,34 @@ def clicks_in_window(
 
 
 class SAT3DInferer(Inferer):
-    """Run SAT3D over a whole volume with overlapping windows.
+    """Run SAT3D over a whole volume with overlapping windows, through :class:`sat3d.session.InteractiveSession`.
 
-    Uses MONAI's ``sliding_window_inference(with_coord=True)``: each window receives the clicks that fall
-    inside it (translated to window coordinates) and the crop of the previous mask / confidence map at
-    exactly its own location, so dense prompts stay aligned across windows.  Windows without a click run
-    in automatic mode unless ``clicked_windows_only`` is set, in which case they are skipped (logit -inf)
-    whenever the image has at least one positive click.
+    The result is what a user of the session gets (one engine for folder inference, MONAI Label and the
+    evaluation): the automatic result of every window, then the clicks added one by one in their order,
+    each running one prompt step of the click protocol (:mod:`sat3d.protocols`) on the windows that contain
+    it.  With ``clicked_windows_only`` (or the paper protocol, which has no automatic mode) windows without
+    a click are not computed at all and stay background.
 
-    The output is a ``MetaTensor`` ``(B, 2, D, H, W)`` carrying the input's metadata: channel 0 the mask
+    Sessions are kept in a small LRU cache (``cache_size``) keyed by the image content: a later request on
+    the same image whose clicks extend the cached session's clicks only runs the new clicks (embeddings,
+    previous mask and confidence are reused); one click fewer is an undo.  Calls are serialised by a lock,
+    so concurrent requests are safe.
+
+    The output is a ``MetaTensor`` ``(1, 2, D, H, W)`` carrying the input's metadata: channel 0 the mask
     logits, channel 1 the critic's confidence in [0, 1].
 
     Args:
         roi_size: window size (the network's crop size).
-        sw_batch_size: windows per forward pass.
+        sw_batch_size: windows per encoder pass when all windows are encoded.
         overlap: window overlap fraction.
         mode: blending mode, ``"gaussian"`` or ``"constant"``.
         sw_device: device of the network; ``None`` uses the input's device.
         device: device of the stitched output; ``None`` uses the input's device.
         clicked_windows_only: see above.
-        progress: show a progress bar.
+        progress: unused, kept for configuration compatibility.
+        protocol: click protocol, ``"sat3d"`` or ``"paper"`` (from the weights' configuration).
+        window_intensity: per-window normalisation (from the weights' configuration), or ``None``.
+        cache_size: sessions kept between calls (0: none).
     """
 
     def __init__(
@@ -72,18 +82,61 @@ class SAT3DInferer(Inferer):
         device: Any = None,
         clicked_windows_only: bool = False,
         progress: bool = False,
+        protocol: str = "sat3d",
+        window_intensity: Any = None,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+        if int(sw_batch_size) < 1 or int(cache_size) < 0:
+            raise ValueError(f"sw_batch_size must be >= 1 and cache_size >= 0, got {sw_batch_size} and {cache_size}.")
         self.roi_size = tuple(int(s) for s in roi_size)
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.mode = mode
         self.sw_device = sw_device
         self.device = device
-        self.clicked_windows_only = clicked_windows_only
-        self.progress = progress
+        self.clicked_windows_only = bool(clicked_windows_only)
+        self.protocol = protocol
+        self.window_intensity = window_intensity
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        #: how the last call used the cache: "new", "extended", "undo", "same" or "replayed"
+        self.last_cache_use = ""
+
+    def _session(self, network, image: torch.Tensor, clicks: list) -> Any:
+        from .session import InteractiveSession
+
+        key = (id(network), tuple(image.shape), _fingerprint(image))
+        session = self._cache.pop(key, None)
+        if session is not None:
+            have = session.clicks
+            if have == clicks[: len(have)]:
+                self.last_cache_use = "same" if len(have) == len(clicks) else "extended"
+            elif have[:-1] == clicks:
+                session.undo()
+                self.last_cache_use = "undo"
+            else:
+                session.reset()
+                self.last_cache_use = "replayed"
+        else:
+            session = InteractiveSession(
+                network, roi_size=self.roi_size, overlap=self.overlap, mode=self.mode,
+                device=self.sw_device if self.sw_device is not None else image.device,
+                protocol=self.protocol, clicked_windows_only=self.clicked_windows_only,
+                window_intensity=self.window_intensity, encode_batch_size=self.sw_batch_size,
+            )
+            session.set_image(image[0])
+            self.last_cache_use = "new"
+        for c, lab in clicks[len(session.clicks):]:
+            session.add_click(c, positive=lab == 1)
+        if self.cache_size:
+            self._cache[key] = session
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return session
 
     def __call__(  # type: ignore[override]
         self,
@@ -91,106 +144,41 @@ class SAT3DInferer(Inferer):
         network: torch.nn.Module,
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
-        prev_mask: torch.Tensor | None = None,
-        prev_confidence: torch.Tensor | None = None,
     ) -> MetaTensor:
         """Segment a volume.
 
         Args:
             inputs: ``(1, C, D, H, W)`` normalised image (batch size 1: clicks are per image).
             network: a :class:`sat3d.SAT3D`.
-            points: ``(N, 3)`` or ``(1, N, 3)`` click voxel coordinates in ``inputs``; when ``None``, clicks that
-                :class:`sat3d.transforms.ClicksFromRequestd` stored in the input's metadata are used.
+            points: ``(N, 3)`` or ``(1, N, 3)`` click voxel coordinates in ``inputs``, in the order they were
+                made; when ``None``, clicks that :class:`sat3d.transforms.ClicksFromRequestd` stored in the
+                input's metadata are used.
             point_labels: ``(N,)`` or ``(1, N)`` 1 positive / 0 negative.
-            prev_mask: ``(1, 1, D, H, W)`` previous mask probability, aligned with ``inputs``.
-            prev_confidence: ``(1, 1, D, H, W)`` previous confidence map, aligned with ``inputs``.
 
         Returns:
             ``(1, 2, D, H, W)`` MetaTensor: logits and confidence.
         """
-        if inputs.ndim != 5:
-            raise ValueError(f"expected a (B, C, D, H, W) image, got shape {tuple(inputs.shape)}.")
-        if inputs.shape[0] != 1 and (points is not None or prev_mask is not None):
-            raise ValueError("prompts are per image: use batch size 1 with clicks or a previous mask.")
+        if inputs.ndim != 5 or inputs.shape[0] != 1:
+            raise ValueError(f"expected a (1, C, D, H, W) image (clicks are per image), got shape {tuple(inputs.shape)}.")
         spatial = tuple(inputs.shape[2:])
         if points is None and isinstance(inputs, MetaTensor) and inputs.meta.get(CLICKS_META_KEY):
             points, point_labels = inputs.meta[CLICKS_META_KEY]["points"], inputs.meta[CLICKS_META_KEY]["labels"]
         pts, lbl = _normalise_clicks(points, point_labels, spatial, inputs.device)
-        for name, t in (("prev_mask", prev_mask), ("prev_confidence", prev_confidence)):
-            if t is not None and tuple(t.shape[2:]) != spatial:
-                raise ValueError(f"{name} has size {tuple(t.shape[2:])} but the image has {spatial}.")
-        has_positive = bool(pts is not None and (lbl == 1).any())
-        # Sliding windows pad images smaller than the ROI symmetrically; pad here instead so that click and
-        # mask coordinates need no shift, and crop the result back.
-        pad = [max(r - s, 0) for r, s in zip(self.roi_size, spatial)]
-        dense = None
-        if prev_mask is not None or prev_confidence is not None:
-            dense = torch.cat(
-                [
-                    _pad_end(prev_mask if prev_mask is not None else torch.full_like(inputs[:, :1], float("nan")), pad),
-                    _pad_end(
-                        prev_confidence if prev_confidence is not None else torch.full_like(inputs[:, :1], float("nan")),
-                        pad,
-                    ),
-                ],
-                dim=1,
-            )
-
-        def predictor(window: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
-            bw = window.shape[0]
-            kw: dict[str, Any] = {}
-            if pts is not None:
-                local = [clicks_in_window(pts, lbl, c[-3:]) for c in coords]
-                wp = torch.stack([p for p, _ in local])
-                wl = torch.stack([q for _, q in local])
-                used = (wl >= 0).any(dim=0)  # drop clicks that fall in none of these windows
-                kw["points"], kw["point_labels"] = wp[:, used].to(window.device), wl[:, used].to(window.device)
-            if dense is not None:
-                crops = torch.cat([dense[(slice(None), slice(None), *c[-3:])] for c in coords]).to(window.device)
-                if prev_mask is not None:
-                    kw["prev_mask"] = crops[:, :1]
-                if prev_confidence is not None:
-                    kw["confidence"] = crops[:, 1:2]
-            out = network(window, **kw)
-            result = torch.cat([out["logits"], out["confidence"]], dim=1)
-            if self.clicked_windows_only and has_positive:
-                has = (kw["point_labels"] == 1).any(dim=1).view(bw, 1, 1, 1, 1)
-                result = torch.where(has, result, _skipped(result))
-            return result
-
+        clicks = [] if pts is None else [(tuple(float(v) for v in p), int(q)) for p, q in zip(pts.tolist(), lbl.tolist())]
         raw = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        with torch.no_grad():
-            out = sliding_window_inference(
-                _pad_end(raw, pad),
-                self.roi_size,
-                self.sw_batch_size,
-                predictor,
-                overlap=self.overlap,
-                mode=self.mode,
-                sw_device=self.sw_device,
-                device=self.device,
-                progress=self.progress,
-                with_coord=True,
-            )
-        out = out[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
-        if isinstance(out, MetaTensor):
-            out = out.as_tensor()
+        with self._lock:
+            session = self._session(network, raw, clicks)
+            out = torch.stack([session.logits, session.confidence])[None]
+        out = out.to(self.device if self.device is not None else inputs.device)
         if not isinstance(inputs, MetaTensor):
             return MetaTensor(out)
         return MetaTensor(out, meta=dict(inputs.meta), applied_operations=list(inputs.applied_operations))
 
 
-def _skipped(result: torch.Tensor) -> torch.Tensor:
-    skipped = torch.empty_like(result)
-    skipped[:, 0] = -20.0
-    skipped[:, 1] = 1.0
-    return skipped
-
-
-def _pad_end(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
-    if not any(pad):
-        return x
-    return F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
+def _fingerprint(image: torch.Tensor) -> str:
+    """A content hash of an image (cache key of sessions)."""
+    arr = image.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest()
 
 
 def _normalise_clicks(points, labels, spatial, device):

@@ -62,6 +62,8 @@ class Sat3dProtocol:
     name = "sat3d"
     #: whether every click so far is passed to each step (else only the new one)
     accumulates_clicks = True
+    #: whether a step without any click (the automatic mode) is meaningful
+    automatic = True
 
     def initial_state(self, network, image: torch.Tensor) -> StepState:
         """No dense prompt before the first step (the automatic mode)."""
@@ -102,6 +104,7 @@ class PaperProtocol:
 
     name = "paper"
     accumulates_clicks = False
+    automatic = False  # the authors' loop always starts from a click
 
     @staticmethod
     def _feedback(network, image: torch.Tensor, logits: torch.Tensor, low_size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -6,17 +6,42 @@ embeddings, the clicks and the stitched mask / confidence map; the network only 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
-from monai.inferers.utils import _get_scan_interval, compute_importance_map
+from monai.inferers.utils import compute_importance_map
 
 from .inferer import clicks_in_window
+from .protocols import StepState, get_protocol
 
-__all__ = ["InteractiveSession"]
+__all__ = ["InteractiveSession", "window_plan", "window_intensity_of"]
+
+
+def window_plan(spatial: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[slice, slice, slice]]:
+    """The overlapping windows covering a (padded, >= ``roi_size``) volume, as MONAI's sliding windows place them.
+
+    The step per axis is ``int(roi * (1 - overlap))`` (at least 1), or the whole axis when it equals the
+    window; MONAI's public ``dense_patch_slices`` places the windows (the last one flush with the end).
+    """
+    if any(s < r for s, r in zip(spatial, roi_size)):
+        raise ValueError(f"volume {tuple(spatial)} is smaller than the window {tuple(roi_size)}; pad it first.")
+    interval = [int(r) if int(r) == int(s) else max(int(r * (1 - overlap)), 1) for s, r in zip(spatial, roi_size)]
+    return [tuple(sl[-3:]) for sl in dense_patch_slices(tuple(spatial), tuple(roi_size), interval)]
+
+
+def window_intensity_of(config: Mapping[str, Any]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The per-window normalisation a weights configuration asks for (``None`` when the whole volume is
+    normalised beforehand, as for our ``foreground_zscore``)."""
+    if (config.get("intensity") or {}).get("name") == "window_zscore_positive":
+        from .paper_preprocessing import zscore_positive
+
+        return zscore_positive
+    return None
 
 
 @dataclass
@@ -24,8 +49,13 @@ class _Step:
     """What one click changed, for an exact undo."""
 
     click: tuple[tuple[float, float, float], int]
-    windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # old window outputs
+    windows: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)  # old window outputs
+    states: dict[int, StepState | None] = field(default_factory=dict)  # old per-window feedback
     boxes: list[tuple[tuple[slice, ...], torch.Tensor, torch.Tensor]] = field(default_factory=list)  # old sums
+
+
+#: logit and confidence of a window that was not computed (no click in it, automatic mode off)
+SKIPPED_LOGIT, SKIPPED_CONFIDENCE = -20.0, 1.0
 
 
 class InteractiveSession:
@@ -34,9 +64,14 @@ class InteractiveSession:
     The volume is covered by the same overlapping windows and Gaussian blending as
     :class:`sat3d.inferer.SAT3DInferer`.  Each window's image embedding is computed once (on first use,
     or all at :meth:`set_image` with ``eager=True``).  The first access to :attr:`mask` runs the automatic
-    mode on every window.  :meth:`add_click` then re-runs only prompt encoder, mask decoder and critic on
-    the windows that contain the click, feeding back each window's crop of the previous mask probability
-    and binarised confidence map (>= T), and re-blends only those windows.
+    mode on every window (unless ``clicked_windows_only``: then windows stay background until clicked).
+    :meth:`add_click` then runs one prompt step of the click protocol (:mod:`sat3d.protocols`) on the
+    windows that contain the click only, and re-blends only those windows:
+
+    * ``"sat3d"``: every click so far that lies in the window, plus the window's crop of the blended previous
+      mask probability and binarised confidence (>= T);
+    * ``"paper"`` (the authors' weights): only the new click, plus that window's own previous low-resolution
+      logits and confidence (their loop, per window); each window is z-normalised over its voxels > 0 first.
 
     Args:
         network: a :class:`sat3d.SAT3D` (eval mode is set).
@@ -46,6 +81,12 @@ class InteractiveSession:
         device: device of the network and caches.
         threshold: mask probability threshold.
         eager: compute all embeddings in :meth:`set_image`.
+        protocol: ``"sat3d"`` or ``"paper"`` (or a protocol object).
+        clicked_windows_only: do not run the automatic mode; windows without a click stay background.  The
+            paper protocol has no automatic mode and always behaves so.
+        window_intensity: applied to each window crop before the network sees it (``None``: nothing; the
+            paper protocol uses :func:`sat3d.paper_preprocessing.zscore_positive`).
+        encode_batch_size: windows per encoder pass when the automatic mode encodes every window.
     """
 
     def __init__(
@@ -57,6 +98,10 @@ class InteractiveSession:
         device: str | torch.device = "cpu",
         threshold: float = 0.5,
         eager: bool = False,
+        protocol: str | object = "sat3d",
+        clicked_windows_only: bool = False,
+        window_intensity: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        encode_batch_size: int = 1,
     ) -> None:
         self.network = network.to(device).eval()
         self.roi_size = tuple(int(s) for s in (roi_size or network.roi_size))
@@ -65,11 +110,15 @@ class InteractiveSession:
         self.device = torch.device(device)
         self.threshold = float(threshold)
         self.eager = bool(eager)
+        self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+        self.clicked_windows_only = bool(clicked_windows_only) or not self.protocol.automatic
+        self.window_intensity = window_intensity
+        self.encode_batch_size = max(int(encode_batch_size), 1)
         self._image: torch.Tensor | None = None
 
     @classmethod
     def from_weights(cls, path: str, device: str | torch.device = "cpu", **kwargs) -> "InteractiveSession":
-        """A session on the network, window and thresholds stored in a weights file (:mod:`sat3d.weights`).
+        """A session on the network, window, protocol and thresholds stored in a weights file (:mod:`sat3d.weights`).
 
         The image given to :meth:`set_image` must be preprocessed as ``session.config`` says (RAS, the
         ``spacing``, ``intensity`` normalisation), as the bundle's ``inference.json`` does.
@@ -82,6 +131,8 @@ class InteractiveSession:
                               overrides={"roi_size": config["roi_size"]})
         load_weights(network, path, require=True, expect={"preset": config["preset"], "roi_size": config["roi_size"]})
         kwargs.setdefault("threshold", config["mask_threshold"])
+        kwargs.setdefault("protocol", config.get("protocol", "sat3d"))
+        kwargs.setdefault("window_intensity", window_intensity_of(config))
         session = cls(network, device=device, **kwargs)
         session.config = config
         return session
@@ -105,11 +156,12 @@ class InteractiveSession:
         img = F.pad(img, (0, pad[2], 0, pad[1], 0, pad[0])) if any(pad) else img
         self._image = img.to(self.device)
         padded = tuple(img.shape[1:])
-        interval = _get_scan_interval(padded, self.roi_size, 3, (self.overlap,) * 3)
-        self.windows: list[tuple[slice, slice, slice]] = [tuple(s[-3:]) for s in dense_patch_slices(padded, self.roi_size, interval)]
+        self.windows: list[tuple[slice, slice, slice]] = window_plan(padded, self.roi_size, self.overlap)
         self.weight = compute_importance_map(self.roi_size, mode=self.mode, device=self.device).to(torch.float32)
         self._embeddings: dict[int, torch.Tensor] = {}
+        self._crops: dict[int, torch.Tensor] = {}
         self._window_out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._states: dict[int, StepState] = {}
         self._auto: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._sum_logit = torch.zeros(padded, device=self.device)
         self._sum_conf = torch.zeros(padded, device=self.device)
@@ -121,59 +173,90 @@ class InteractiveSession:
         self.encoder_calls = 0
         self.decoder_calls = 0
         if self.eager:
-            for i in range(len(self.windows)):
-                self._embedding(i)
+            self._encode_all()
 
     def _require_image(self) -> None:
         if self._image is None:
             raise ValueError("no image: call set_image() first.")
 
+    def _crop(self, i: int) -> torch.Tensor:
+        """``(1, C, *roi)`` window ``i`` as the network sees it."""
+        if i not in self._crops:
+            crop = self._image[None][(slice(None), slice(None), *self.windows[i])]
+            self._crops[i] = self.window_intensity(crop) if self.window_intensity is not None else crop
+        return self._crops[i]
+
     def _embedding(self, i: int) -> torch.Tensor:
         if i not in self._embeddings:
             with torch.inference_mode():
-                self._embeddings[i] = self.network.encode(self._image[None][(slice(None), slice(None), *self.windows[i])])
+                self._embeddings[i] = self.network.encode(self._crop(i))
             self.encoder_calls += 1
         return self._embeddings[i]
 
+    def _encode_all(self) -> None:
+        """Embeddings of every window not yet encoded, ``encode_batch_size`` windows per pass."""
+        todo = [i for i in range(len(self.windows)) if i not in self._embeddings]
+        for k in range(0, len(todo), self.encode_batch_size):
+            chunk = todo[k : k + self.encode_batch_size]
+            with torch.inference_mode():
+                emb = self.network.encode(torch.cat([self._crop(i) for i in chunk]))
+            for j, i in enumerate(chunk):
+                self._embeddings[i] = emb[j : j + 1]
+            self.encoder_calls += len(chunk)
+
     # ------------------------------------------------------------------ prediction
     def _run_window(self, i: int, with_prompts: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt step of the protocol on window ``i``; stores its feedback state."""
         w = self.windows[i]
-        crop = self._image[None][(slice(None), slice(None), *w)]
-        kw = {}
-        if with_prompts and self.clicks:
-            pts = torch.tensor([c for c, _ in self.clicks], dtype=torch.float32, device=self.device)
-            lbl = torch.tensor([lab for _, lab in self.clicks], dtype=torch.long, device=self.device)
+        points = labels = None
+        clicks = self.clicks if self.protocol.accumulates_clicks else self.clicks[-1:]
+        if with_prompts and clicks:
+            pts = torch.tensor([c for c, _ in clicks], dtype=torch.float32, device=self.device)
+            lbl = torch.tensor([lab for _, lab in clicks], dtype=torch.long, device=self.device)
             local, lab = clicks_in_window(pts, lbl, w)
             keep = lab >= 0
-            kw["points"], kw["point_labels"] = local[keep][None], lab[keep][None]
-        if with_prompts:
-            prob = torch.sigmoid(self._sum_logit[w] / self._sum_w[w])
-            conf = self._sum_conf[w] / self._sum_w[w]
-            kw["prev_mask"] = prob[None, None]
-            kw["confidence"] = (conf >= self.network.confidence_threshold).float()[None, None]
+            points, labels = local[keep][None], lab[keep][None]
+        crop = self._crop(i)
         with torch.inference_mode():
-            low, _ = self.network.decode(self._embedding(i), **kw)
-            logits = F.interpolate(low, size=self.roi_size, mode="trilinear", align_corners=False)
-            conf = self.network.judge(crop, torch.sigmoid(logits))
+            if self.protocol.name == "sat3d":
+                # the blended previous result at this window's place is the feedback (no prompt: automatic)
+                state = StepState()
+                if with_prompts and i in self._states:
+                    prob = torch.sigmoid(self._sum_logit[w] / self._sum_w[w])
+                    conf = self._sum_conf[w] / self._sum_w[w]
+                    state = StepState(prob[None, None], (conf >= self.network.confidence_threshold).float()[None, None])
+            else:
+                state = self._states.get(i) or self.protocol.initial_state(self.network, crop)
+            out = self.protocol.step(self.network, self._embedding(i), crop, points, labels, state)
+        self._states[i] = out.state
         self.decoder_calls += 1
-        return logits[0, 0], conf[0, 0]
+        return out.logits[0, 0], out.confidence[0, 0]
 
-    def _put(self, i: int, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _put(self, i: int, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Replace window ``i``'s contribution to the blend (``None``: remove it)."""
         w = self.windows[i]
         if i in self._window_out:
-            old_l, old_c = self._window_out[i]
+            old_l, old_c = self._window_out.pop(i)
             self._sum_logit[w] -= old_l * self.weight
             self._sum_conf[w] -= old_c * self.weight
-        self._sum_logit[w] += out[0] * self.weight
-        self._sum_conf[w] += out[1] * self.weight
-        self._window_out[i] = out
+        if out is not None:
+            self._sum_logit[w] += out[0] * self.weight
+            self._sum_conf[w] += out[1] * self.weight
+            self._window_out[i] = out
 
     def _ensure_auto(self) -> None:
         self._require_image()
         if self._auto is None:
+            if not self.clicked_windows_only:
+                self._encode_all()
             for i in range(len(self.windows)):
-                self._put(i, self._run_window(i, with_prompts=False))
+                if self.clicked_windows_only:
+                    self._put(i, (torch.full(self.roi_size, SKIPPED_LOGIT, device=self.device),
+                                  torch.full(self.roi_size, SKIPPED_CONFIDENCE, device=self.device)))
+                else:
+                    self._put(i, self._run_window(i, with_prompts=False))
             self._auto = dict(self._window_out)
+            self._auto_states = dict(self._states)
 
     # ------------------------------------------------------------------ clicks
     def add_click(self, coord: Sequence[float], positive: bool = True) -> None:
@@ -187,14 +270,15 @@ class InteractiveSession:
         c = tuple(float(v) for v in coord)
         if len(c) != 3:
             raise ValueError(f"a click needs 3 coordinates, got {coord!r}.")
-        if any(v < 0 or v > s - 1 for v, s in zip(c, self.spatial)):
+        if any(not math.isfinite(v) or v < 0 or v > s - 1 for v, s in zip(c, self.spatial)):
             raise ValueError(f"click {list(c)} lies outside the image of size {list(self.spatial)}.")
         self._ensure_auto()
         step = _Step(click=(c, 1 if positive else 0))
         affected = [i for i, w in enumerate(self.windows) if all(s.start <= v < s.stop for s, v in zip(w, c))]
         for i in affected:
             w = self.windows[i]
-            step.windows[i] = self._window_out[i]
+            step.windows[i] = self._window_out.get(i)
+            step.states[i] = self._states.get(i)
             step.boxes.append((w, self._sum_logit[w].clone(), self._sum_conf[w].clone()))
         self.clicks.append(step.click)
         new = {i: self._run_window(i, with_prompts=True) for i in affected}  # all read the state before the click
@@ -211,7 +295,16 @@ class InteractiveSession:
         for w, logit, conf in reversed(step.boxes):
             self._sum_logit[w] = logit
             self._sum_conf[w] = conf
-        self._window_out.update(step.windows)
+        for i, out in step.windows.items():
+            if out is None:
+                self._window_out.pop(i, None)
+            else:
+                self._window_out[i] = out
+        for i, st in step.states.items():
+            if st is None:
+                self._states.pop(i, None)
+            else:
+                self._states[i] = st
         return True
 
     def reset(self) -> None:
@@ -224,16 +317,17 @@ class InteractiveSession:
             self._window_out = {}
             for i, out in self._auto.items():
                 self._put(i, out)
+            self._states = dict(self._auto_states)
 
     # ------------------------------------------------------------------ results
-    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[tuple(slice(0, s) for s in self.spatial)]
 
     @property
     def logits(self) -> torch.Tensor:
         """``(D, H, W)`` blended mask logits."""
         self._ensure_auto()
-        return self._crop(self._sum_logit / self._sum_w)
+        return self._unpad(self._sum_logit / self._sum_w)
 
     @property
     def probability(self) -> torch.Tensor:
@@ -249,4 +343,4 @@ class InteractiveSession:
     def confidence(self) -> torch.Tensor:
         """``(D, H, W)`` critic confidence in [0, 1]."""
         self._ensure_auto()
-        return self._crop(self._sum_conf / self._sum_w).clamp(0, 1)
+        return self._unpad(self._sum_conf / self._sum_w).clamp(0, 1)

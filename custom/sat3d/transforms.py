@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
-__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
+__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
 
 
 class ValidateVolumed(MapTransform):
@@ -54,9 +54,21 @@ class Spacingd(_MonaiSpacingd):
     MONAI's version calls ``update`` on every entry whose name starts with ``<key>_`` (meant for
     ``image_meta_dict``); MONAI Label's requests carry the string ``image_path``, so the server failed
     with "'str' object has no attribute 'update'".  Entries that are not dicts are set aside during the call.
+
+    ``pixdim=None`` keeps the input grid (weights trained on native grids, e.g. the authors'); the transform
+    and its inverse are then identities.
     """
 
+    def __init__(self, keys, pixdim, *args, **kwargs) -> None:
+        self.keep_grid = pixdim is None
+        super().__init__(keys, pixdim if pixdim is not None else 1.0, *args, **kwargs)
+
+    def inverse(self, data):  # noqa: D102
+        return dict(data) if self.keep_grid else super().inverse(data)
+
     def __call__(self, data, lazy=None):  # noqa: D102
+        if self.keep_grid:
+            return dict(data)
         d = dict(data)
         aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and not isinstance(d[k], dict)
                  and any(k.startswith(f"{key}_") for key in self.keys)}
@@ -102,6 +114,49 @@ class ForegroundNormalized(MapTransform):
             out = torch.stack([foreground_zscore(torch.as_tensor(c), self.clip) for c in img])
             d[key] = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations)) \
                 if isinstance(img, MetaTensor) else out
+        return d
+
+
+class IntensityNormalized(MapTransform):
+    """The volume-level intensity normalisation a weights configuration names (its ``intensity`` entry).
+
+    * ``{"name": "foreground_zscore", "clip": c}`` (ours): :func:`foreground_zscore`.
+    * ``{"name": "window_zscore_positive", "ct_clamp": [lo, hi]}`` (the authors' weights): CT is clamped to
+      ``[lo, hi]`` here; each window is z-normalised later, by the session
+      (:func:`sat3d.paper_preprocessing.zscore_positive`).  Whether the image is CT comes from ``modality``;
+      with ``modality=None`` an image whose minimum is below -500 (Hounsfield units: only CT has such
+      values) counts as CT.
+
+    Args:
+        keys: image keys.
+        intensity: the configuration's ``intensity`` dict.
+        modality: ``"CT"``, another modality name, or ``None`` (guess as above).
+    """
+
+    NAMES = ("foreground_zscore", "window_zscore_positive")
+
+    def __init__(self, keys: KeysCollection, intensity: Mapping[str, Any], modality: str | None = None,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.intensity = dict(intensity or {})
+        if self.intensity.get("name") not in self.NAMES:
+            raise ValueError(f"unknown intensity normalisation {self.intensity.get('name')!r}; expected one of {self.NAMES}.")
+        self.modality = modality
+        self._zscore = ForegroundNormalized(keys, clip=self.intensity.get("clip", 5.0), allow_missing_keys=allow_missing_keys) \
+            if self.intensity["name"] == "foreground_zscore" else None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self._zscore is not None:
+            return self._zscore(data)
+        d = dict(data)
+        lo, hi = self.intensity.get("ct_clamp") or (None, None)
+        for key in self.key_iterator(d):
+            img = d[key]
+            is_ct = self.modality.upper() == "CT" if self.modality else float(torch.as_tensor(img).min()) < -500.0
+            if is_ct and lo is not None:
+                out = torch.as_tensor(img).float().clamp(float(lo), float(hi))
+                d[key] = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations)) \
+                    if isinstance(img, MetaTensor) else out
         return d
 
 
