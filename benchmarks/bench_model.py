@@ -53,10 +53,17 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     return 1000.0 * times[len(times) // 2]  # median, ms
 
 
-def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
-    """Time one 128^3 window: encoder, decoder per click (cached embedding), critic and the whole window."""
+def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32, preset: str = "sat3d_base") -> dict:
+    """Time one 128^3 window: encoder, decoder per click (cached embedding), critic and the whole window.
+
+    The per-click time is one step of the preset's click protocol (``sat3d.protocols``): for ``sat3d_paper``
+    the authors' protocol with their voxel-wise critic evaluated on the 32^3 grid (eval-mode BatchNorm).
+    """
+    from sat3d.protocols import get_protocol
+
     torch.manual_seed(0)
-    net = build_sat3d("sat3d_base").to(device).eval()
+    net = build_sat3d(preset).to(device).eval()
+    protocol = get_protocol("paper" if preset == "sat3d_paper" else "sat3d")
     x = torch.randn(1, 1, 128, 128, 128, device=device)
     pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device)
     lbl = torch.tensor([[1]], device=device)
@@ -67,12 +74,14 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
         emb = net.encode(x)
         res["encoder_ms"] = _time(lambda: net.encode(x), device, repeats)
 
-        def click():
-            low, _ = net.decode(emb, pts, lbl, prev, prev)
-            logits = torch.nn.functional.interpolate(low, size=x.shape[2:], mode="trilinear")
-            return net.judge(x, torch.sigmoid(logits))
+        state = protocol.initial_state(net, x)
+        if protocol.name == "sat3d":
+            state.mask_prompt, state.confidence = prev, (prev > 0.5).float()
 
-        res["decoder_only_ms"] = _time(lambda: net.decode(emb, pts, lbl, prev, prev), device, repeats)
+        def click():
+            return protocol.step(net, emb, x, pts, lbl, state)
+
+        res["decoder_only_ms"] = _time(lambda: net.decode(emb, pts, lbl, state.mask_prompt, state.confidence), device, repeats)
         res["decoder_click_ms"] = _time(click, device, repeats)  # prompt encoder + decoder + critic
         res["critic_ms"] = _time(lambda: net.judge(x, prev), device, repeats)
         if device.type == "cuda":
@@ -159,15 +168,17 @@ def main() -> None:
     p.add_argument("--train-step", action="store_true",
                    help="also time a training iteration (batch 3, 5 prompt steps; on the CPU this takes minutes)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--preset", default="sat3d_base", choices=["sat3d_base", "sat3d_paper"],
+                   help="sat3d_paper: the authors' architecture and click protocol (for their converted weights)")
     args = p.parse_args()
 
-    net = build_sat3d("sat3d_base").eval()
+    net = build_sat3d(args.preset).eval()
     n_params = sum(t.numel() for t in net.parameters())
     x = torch.randn(1, 1, 128, 128, 128)
     gmac = count_gmac(lambda: net(x, torch.tensor([[[64.0, 60.0, 70.0]]]), torch.tensor([[1]])))
     gmac_enc = count_gmac(lambda: net.encode(x))
     report: dict = {"params_m": n_params / 1e6, "gmac": gmac, "gmac_encoder": gmac_enc}
-    print(f"SAT3D sat3d_base: {n_params / 1e6:.2f} M parameters (paper 11.1 M); {gmac:.1f} GMAC per 128^3 crop "
+    print(f"SAT3D {args.preset}: {n_params / 1e6:.2f} M parameters (paper 11.1 M); {gmac:.1f} GMAC per 128^3 crop "
           f"with one click (paper ~67), encoder {gmac_enc:.1f} GMAC")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, cpu count {os.cpu_count()}")
 
@@ -175,7 +186,7 @@ def main() -> None:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     for dev in devices:
-        res = bench_device(dev, args.repeats if dev.type == "cpu" else max(args.repeats, 20))
+        res = bench_device(dev, args.repeats if dev.type == "cpu" else max(args.repeats, 20), preset=args.preset)
         report[dev.type] = res
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
         print(f"\n{name} (fp32, median of repeats):")
@@ -194,7 +205,7 @@ def main() -> None:
             if "train_memory_gib" in tr:
                 print(_row("training peak memory", tr["train_memory_gib"], 27.7, None, "GiB"))
         if dev.type == "cuda":
-            bf16 = bench_device(dev, max(args.repeats, 20), torch.bfloat16)
+            bf16 = bench_device(dev, max(args.repeats, 20), torch.bfloat16, preset=args.preset)
             report["cuda_bf16"] = bf16
             print(_row("whole window (bf16)", bf16["window_ms"], ref["window_ms"], tgt["window_ms"], "ms"))
     if args.ct_volume:
