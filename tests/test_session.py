@@ -134,3 +134,47 @@ def test_undo_then_click_equals_a_fresh_session(net, image):
         for c, p in kept:
             r.add_click(c, positive=p)
         assert torch.equal(s.logits, r.logits) and torch.equal(s.confidence, r.confidence)
+
+
+def test_file_session_maps_clicks_and_returns_the_file_grid(tmp_path):
+    """FileSession: the bundle's preprocessing, clicks in the file's voxel or world coordinates, results on
+    the file's grid, equal to what folder inference writes for the same clicks (the confidence map, which
+    the forcing of clicked voxels does not touch)."""
+    import json
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import numpy as np
+    from conftest import BUNDLE, REPO
+    from sat3d.session import FileSession
+    from sat3d.weights import save_weights
+
+    torch.manual_seed(0)
+    weights = save_weights(build_sat3d("sat3d_tiny", overrides={"roi_size": (32, 32, 32)}), tmp_path / "tiny.pt",
+                           {"preset": "sat3d_tiny", "roi_size": [32, 32, 32], "training": "random (test)"})
+    affine = np.array([[-1.2, 0, 0, 30.0], [0, -1.0, 0, 20.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])  # LPS, anisotropic
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(nib.Nifti1Image(rng.normal(0, 1, (40, 36, 14)).astype(np.float32), affine), str(data / "v.nii.gz"))
+    voxel = [20, 10, 7]
+    world = (affine @ [*voxel, 1])[:3].tolist()
+    fs = FileSession(str(weights))
+    fs.set_image(str(data / "v.nii.gz"))
+    fs.add_click(voxel, positive=True)
+    by_voxel = fs.confidence
+    assert by_voxel.shape == (40, 36, 14) and fs.mask.shape == (40, 36, 14)
+    fs.undo()
+    fs.add_click(world, positive=True, space="world")
+    np.testing.assert_array_equal(fs.confidence, by_voxel)
+    with pytest.raises(ValueError, match="v.nii.gz: clicks .* outside"):
+        fs.add_click([400, 0, 0])
+    (data / "clicks.json").write_text(json.dumps({"v.nii.gz": {"space": "voxel", "positive": [voxel]}}))
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+                          str(BUNDLE / "configs" / "inference.json"), "--dataset_dir", str(data), "--output_dir",
+                          str(tmp_path / "out"), "--ckpt_path", str(weights), "--clicks_file", str(data / "clicks.json")],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    written = np.asarray(nib.load(str(tmp_path / "out" / "v_confidence.nii.gz")).dataobj)
+    np.testing.assert_allclose(written, by_voxel, atol=1e-5)

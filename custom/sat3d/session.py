@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
@@ -19,7 +20,7 @@ from monai.inferers.utils import compute_importance_map
 from .inferer import clicks_in_window
 from .protocols import StepState, get_protocol
 
-__all__ = ["InteractiveSession", "window_plan", "window_intensity_of"]
+__all__ = ["InteractiveSession", "FileSession", "window_plan", "window_intensity_of"]
 
 
 def window_plan(spatial: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[slice, slice, slice]]:
@@ -344,3 +345,107 @@ class InteractiveSession:
         """``(D, H, W)`` critic confidence in [0, 1]."""
         self._ensure_auto()
         return self._unpad(self._sum_conf / self._sum_w).clamp(0, 1)
+
+
+class FileSession:
+    """An interactive session on an image *file*, with the bundle's own preprocessing and coordinate mapping.
+
+    The image is loaded and preprocessed exactly as ``inference.json`` does for the weights (RAS, their
+    spacing, their intensity normalisation); clicks are given in the file's voxel indices or world (RAS mm)
+    coordinates, as in a clicks file; mask and confidence come back on the file's own grid (the
+    preprocessing inverted, as folder inference writes them).
+
+    Args:
+        weights: a SAT3D weights file (its configuration selects window, preprocessing and protocol).
+        config_file: the bundle's ``inference.json`` (default: the one next to this package's bundle).
+        device: device of the network.
+        overrides: further ``inference.json`` settings (e.g. ``{"modality": "CT"}``).
+
+    Example::
+
+        fs = FileSession("model.pt")
+        fs.set_image("case.nii.gz")
+        fs.add_click((120, 88, 40))                       # voxel of the file
+        fs.add_click((-12.5, 30.0, 81.0), positive=False, space="world")
+        mask, confidence = fs.mask, fs.confidence         # numpy arrays on the file's grid
+    """
+
+    def __init__(self, weights: str, config_file: str | None = None, device: str | torch.device = "cpu",
+                 overrides: Mapping[str, Any] | None = None) -> None:
+        from pathlib import Path
+
+        from monai.bundle import ConfigParser
+
+        if config_file is None:
+            here = Path(__file__).resolve()
+            found = [c for c in (here.parents[2] / "bundle" / "configs" / "inference.json",
+                                 here.parents[1] / "configs" / "inference.json") if c.is_file()]
+            if not found:
+                raise ValueError("the bundle's inference.json was not found next to the sat3d package; pass config_file.")
+            config_file = str(found[0])
+        parser = ConfigParser()
+        parser.read_config(config_file)
+        parser.update({"bundle_root": str(Path(config_file).resolve().parents[1]), "ckpt_path": str(weights),
+                       "require_weights": True, **dict(overrides or {})})
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        inferer = parser.get_parsed_content("inferer")
+        self.session = InteractiveSession.from_weights(
+            str(weights), device=device, overlap=inferer.overlap, mode=inferer.mode,
+            clicked_windows_only=inferer.clicked_windows_only, window_intensity=inferer.window_intensity,
+            protocol=inferer.protocol)
+        self.threshold = self.session.threshold
+        self._image = None
+
+    def set_image(self, path: str) -> None:
+        """Load and preprocess ``path`` and give it to the session (clears clicks)."""
+        self.path = str(path)
+        self._image = self.preprocessing({"image": self.path})["image"]
+        self.session.set_image(self._image.as_tensor())
+
+    def _require(self):
+        if self._image is None:
+            raise ValueError("no image: call set_image(path) first.")
+        return self._image
+
+    def add_click(self, coord: Sequence[float], positive: bool = True, space: str = "voxel") -> None:
+        """Add a click at ``coord`` in the file's ``"voxel"`` indices or ``"world"`` RAS mm coordinates."""
+        from .io import clicks_to_voxels
+
+        img = self._require()
+        if space not in ("voxel", "world"):
+            raise ValueError(f"space must be 'voxel' or 'world', got {space!r}.")
+        entry = {"space": space, "positive" if positive else "negative": [list(coord)]}
+        try:
+            vox, _ = clicks_to_voxels(entry, np.asarray(img.meta["original_affine"]), np.asarray(img.affine), img.shape[1:])
+        except ValueError as e:
+            raise ValueError(f"{self.path}: {e}") from None
+        self.session.add_click(tuple(vox[0].tolist()), positive=positive)
+
+    def undo(self) -> bool:
+        """Remove the last click (exact)."""
+        return self.session.undo()
+
+    def reset(self) -> None:
+        """Back to the automatic result."""
+        self.session.reset()
+
+    def _on_file_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        from monai.data import MetaTensor
+
+        img = self._require()
+        pred = torch.stack([self.session.logits, self.session.confidence]).cpu()
+        pred = MetaTensor(pred, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+        out = self.preprocessing.inverse({"image": pred})["image"]
+        out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+        return out[0].numpy(), out[1].numpy()
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Binary mask (uint8) on the file's grid."""
+        logits, _ = self._on_file_grid()
+        return (1.0 / (1.0 + np.exp(-logits)) > self.threshold).astype(np.uint8)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Critic confidence in [0, 1] on the file's grid."""
+        return np.clip(self._on_file_grid()[1], 0.0, 1.0).astype(np.float32)
