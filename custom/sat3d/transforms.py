@@ -199,6 +199,29 @@ class SplitPredictiond(MapTransform):
 CLICKS_META_KEY = "sat3d_clicks"
 
 
+try:  # MONAI Label serves requests with FastAPI: an HTTPException reaches the user as a readable 400
+    from fastapi import HTTPException as _HTTPException
+except ImportError:  # pragma: no cover - outside a MONAI Label server
+    _HTTPException = None
+
+if _HTTPException is not None:
+
+    class BadClickRequest(_HTTPException, ValueError):
+        """Malformed or out-of-image clicks: a ``ValueError`` that MONAI Label's server answers with status
+        400 and the message (not a bare 500)."""
+
+        def __init__(self, msg: str) -> None:
+            _HTTPException.__init__(self, status_code=400, detail=msg)
+
+        def __str__(self) -> str:
+            return str(self.detail)
+
+else:
+
+    class BadClickRequest(ValueError):  # type: ignore[no-redef]
+        """Malformed or out-of-image clicks (a ``ValueError``)."""
+
+
 class ClicksFromRequestd(MapTransform):
     """Attach clicks from the data dict to the image's metadata, mapped into the preprocessed voxel grid.
 
@@ -246,12 +269,13 @@ class ClicksFromRequestd(MapTransform):
             if not len(fg) and not len(bg):
                 continue
             name = Path(str(img.meta.get("filename_or_obj", key))).name
-            entry = load_click_entry({"space": d.get(self.space_key, "voxel"), "positive": _as_list(fg), "negative": _as_list(bg)},
-                                     f"clicks for {name}")
             try:
+                entry = load_click_entry({"space": d.get(self.space_key, "voxel"), "positive": _as_list(fg),
+                                          "negative": _as_list(bg)}, f"clicks for {name}")
                 pts, lbl = clicks_to_voxels(entry, img.meta["original_affine"], img.affine, img.shape[1:])
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
+            except (ValueError, TypeError) as e:
+                msg = str(e) if str(e).startswith(f"clicks for {name}") else f"{name}: {e}"
+                raise BadClickRequest(msg) from None
             img.meta[CLICKS_META_KEY] = {"points": pts, "labels": lbl}
         return d
 

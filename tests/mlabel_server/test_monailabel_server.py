@@ -111,3 +111,14 @@ def test_auto_and_click_segmentation(server):
     far = [3, 3, 3]
     pos_far = np.asarray(_infer(url, MODEL, root, "pos_far", foreground=[far], background=[]).dataobj)
     assert pos_far[tuple(far)] == 1 and pos_far[2, 3, 3] == 1, "the clicked voxel and its neighbours are tumour"
+
+
+def test_bad_clicks_get_a_readable_answer(server):
+    """A click outside the image or a malformed point reaches the user as a 400 with the reason, not a bare 500."""
+    url, _, _, _ = server
+    for params, reason in (({"foreground": [[400, 1, 1]], "background": []}, "outside the image"),
+                           ({"foreground": [[1, 2]], "background": []}, "three")):
+        r = requests.post(f"{url}/infer/{MODEL}", params={"image": "sphere", "output": "image"},
+                          data={"params": json.dumps(params)}, timeout=600)
+        assert r.status_code == 400, (r.status_code, r.text[-2000:])
+        assert reason in r.json()["detail"], r.text
