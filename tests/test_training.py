@@ -116,6 +116,28 @@ def test_iteration_updates_generator_and_critic():
     assert all(g is not None and float(g.abs().sum()) > 0 for g in grads), "critic loss must have gradients"
 
 
+def test_training_runs_the_users_prompt_step():
+    """One engine: each of the m prompt steps of training is the protocol step the session runs, and each
+    step after the first feeds back the previous step's state and one more click."""
+    from sat3d.protocols import Sat3dProtocol
+
+    seen = []
+
+    class Recording(Sat3dProtocol):
+        def step(self, network, embedding, image, points=None, labels=None, state=None, detach_feedback=True):
+            seen.append((points.shape[1], state.mask_prompt is None, detach_feedback))
+            return super().step(network, embedding, image, points, labels, state, detach_feedback)
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    lab = torch.zeros(1, 1, 32, 32, 32)
+    lab[:, :, 8:20, 8:20, 8:20] = 1
+    trainer, _, _ = _trainer(net, [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab}])
+    trainer.protocol = Recording()
+    trainer.run()
+    assert seen == [(0, True, True), (1, False, True), (2, False, True)]
+
+
 def test_gradient_accumulation_steps_every_n_iterations():
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")

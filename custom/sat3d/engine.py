@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
@@ -18,6 +17,7 @@ from monai.utils import CommonKeys as Keys
 from .click_simulation import sample_error_clicks
 from .io import atomic_path
 from .losses import CriticLoss, GeneratorLoss
+from .protocols import Sat3dProtocol, StepState
 
 __all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients"]
 
@@ -71,6 +71,7 @@ class SAT3DTrainer(SupervisedTrainer):
         critic_loss: defaults to :class:`~sat3d.losses.CriticLoss`.
         seed: seed of the click sampler.
         grad_clip: clip each network's gradient norm to this value before its step (``None``: no clipping).
+        mask_threshold: probability above which a voxel counts as predicted when clicks are drawn from errors.
         other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
             ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
     """
@@ -84,6 +85,7 @@ class SAT3DTrainer(SupervisedTrainer):
         critic_loss: torch.nn.Module | None = None,
         seed: int = 0,
         grad_clip: float | None = None,
+        mask_threshold: float = 0.5,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
@@ -103,6 +105,10 @@ class SAT3DTrainer(SupervisedTrainer):
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}.")
         self.grad_clip = float(grad_clip) if grad_clip is not None else None
         self.critic_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        if not 0.0 < float(mask_threshold) < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}.")
+        self.mask_threshold = float(mask_threshold)
+        self.protocol = Sat3dProtocol()  # training follows our protocol; the paper's is for their weights only
 
     def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
         acc = engine.accumulation_steps
@@ -146,25 +152,25 @@ class SAT3DTrainer(SupervisedTrainer):
         b = images.shape[0]
         points = torch.zeros((b, 0, 3), device=images.device)
         labels = torch.zeros((b, 0), dtype=torch.long, device=images.device)
-        prev_mask = prev_conf = prob = None
+        state = StepState()
         terms: dict[str, float] = {}
         total = torch.zeros((), device=images.device)
         with frozen(net.critic), autocast:
             embedding = net.encode(images)
             for s in range(engine.num_prompt_steps):
                 if s > 0:
-                    new_p, new_l = sample_error_clicks((prob.detach() > 0.5).float(), targets, engine.click_generator)
+                    new_p, new_l = sample_error_clicks((state.mask_prompt > engine.mask_threshold).float(), targets,
+                                                       engine.click_generator)
                     points, labels = torch.cat([points, new_p], 1), torch.cat([labels, new_l], 1)
-                low, iou_pred = net.decode(embedding, points, labels, prev_mask, prev_conf)
-                logits = F.interpolate(low, size=images.shape[2:], mode="trilinear", align_corners=False)
-                prob = torch.sigmoid(logits)
-                critic_logits = net.critic.forward_logits(images, prob)
-                parts = engine.generator_loss(logits.float(), targets, critic_logits.float(), iou_pred)
+                # the same prompt step (and feedback) the session, evaluation and MONAI Label run
+                out = engine.protocol.step(net, embedding, images, points, labels, state, detach_feedback=True)
+                logits = out.logits
+                parts = engine.generator_loss(logits.float(), targets, out.critic_logits.float(), out.iou)
                 total = total + parts["loss"] / engine.num_prompt_steps
                 for k, v in parts.items():
                     terms[k] = terms.get(k, 0.0) + float(v.detach()) / engine.num_prompt_steps
-                prev_mask = prob.detach()
-                prev_conf = (torch.sigmoid(critic_logits.detach()) >= net.confidence_threshold).to(prob.dtype)
+                state = out.state
+        prev_mask = state.mask_prompt
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: targets, Keys.PRED: logits.detach(), Keys.LOSS: total}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
