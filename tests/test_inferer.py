@@ -138,6 +138,10 @@ def test_cached_session_runs_only_the_new_click_and_undo():
     for k in range(3):  # the cache is bounded
         inf(img + k + 1, net)
     assert len(inf._cache) == 2
+    off = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=0)
+    off(img, net)
+    off(img, net)
+    assert off.last_cache_use == "new" and not off._cache, "cache_size 0 keeps no session"
 
 
 def test_clicks_carried_in_metadata_reach_the_network():

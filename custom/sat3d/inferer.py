@@ -66,7 +66,6 @@ class SAT3DInferer(Inferer):
         sw_device: device of the network; ``None`` uses the input's device.
         device: device of the stitched output; ``None`` uses the input's device.
         clicked_windows_only: see above.
-        progress: unused, kept for configuration compatibility.
         protocol: click protocol, ``"sat3d"`` or ``"paper"`` (from the weights' configuration).
         window_intensity: per-window normalisation (from the weights' configuration), or ``None``.
         cache_size: sessions kept between calls (0: none).
@@ -81,7 +80,6 @@ class SAT3DInferer(Inferer):
         sw_device: Any = None,
         device: Any = None,
         clicked_windows_only: bool = False,
-        progress: bool = False,
         protocol: str = "sat3d",
         window_intensity: Any = None,
         cache_size: int = 0,
@@ -109,8 +107,8 @@ class SAT3DInferer(Inferer):
     def _session(self, network, image: torch.Tensor, clicks: list) -> Any:
         from .session import InteractiveSession
 
-        key = (id(network), tuple(image.shape), _fingerprint(image))
-        session = self._cache.pop(key, None)
+        key = (id(network), tuple(image.shape), _fingerprint(image)) if self.cache_size else None
+        session = self._cache.pop(key, None) if key is not None else None
         if session is not None:
             have = session.clicks
             if have == clicks[: len(have)]:
@@ -132,7 +130,7 @@ class SAT3DInferer(Inferer):
             self.last_cache_use = "new"
         for c, lab in clicks[len(session.clicks):]:
             session.add_click(c, positive=lab == 1)
-        if self.cache_size:
+        if key is not None:
             self._cache[key] = session
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)

@@ -64,6 +64,9 @@ class Sat3dProtocol:
     accumulates_clicks = True
     #: whether a step without any click (the automatic mode) is meaningful
     automatic = True
+    #: whether a whole-volume session feeds each window its crop of the blended result (else the window's
+    #: own previous state)
+    blended_feedback = True
 
     def initial_state(self, network, image: torch.Tensor) -> StepState:
         """No dense prompt before the first step (the automatic mode)."""
@@ -105,6 +108,7 @@ class PaperProtocol:
     name = "paper"
     accumulates_clicks = False
     automatic = False  # the authors' loop always starts from a click
+    blended_feedback = False
 
     @staticmethod
     def _feedback(network, image: torch.Tensor, logits: torch.Tensor, low_size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -219,7 +219,7 @@ class InteractiveSession:
             points, labels = local[keep][None], lab[keep][None]
         crop = self._crop(i)
         with torch.inference_mode():
-            if self.protocol.name == "sat3d":
+            if self.protocol.blended_feedback:
                 # the blended previous result at this window's place is the feedback (no prompt: automatic)
                 state = StepState()
                 if with_prompts and i in self._states:
@@ -395,12 +395,14 @@ class FileSession:
             protocol=inferer.protocol)
         self.threshold = self.session.threshold
         self._image = None
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None  # inverted (logits, confidence) of the current state
 
     def set_image(self, path: str) -> None:
         """Load and preprocess ``path`` and give it to the session (clears clicks)."""
         self.path = str(path)
         self._image = self.preprocessing({"image": self.path})["image"]
         self.session.set_image(self._image.as_tensor())
+        self._grid = None
 
     def _require(self):
         if self._image is None:
@@ -420,24 +422,31 @@ class FileSession:
         except ValueError as e:
             raise ValueError(f"{self.path}: {e}") from None
         self.session.add_click(tuple(vox[0].tolist()), positive=positive)
+        self._grid = None
 
     def undo(self) -> bool:
         """Remove the last click (exact)."""
+        self._grid = None
         return self.session.undo()
 
     def reset(self) -> None:
         """Back to the automatic result."""
+        self._grid = None
         self.session.reset()
 
     def _on_file_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and confidence on the file's grid (the preprocessing inverted once per state)."""
         from monai.data import MetaTensor
 
         img = self._require()
+        if self._grid is not None:
+            return self._grid
         pred = torch.stack([self.session.logits, self.session.confidence]).cpu()
         pred = MetaTensor(pred, meta=dict(img.meta), applied_operations=list(img.applied_operations))
         out = self.preprocessing.inverse({"image": pred})["image"]
         out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
-        return out[0].numpy(), out[1].numpy()
+        self._grid = (out[0].numpy(), out[1].numpy())
+        return self._grid
 
     @property
     def mask(self) -> np.ndarray:
