@@ -108,12 +108,13 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
 
 
-def test_experimental_weights_load_with_their_configuration():
-    """The first CPU attempt's weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
+@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run5.pt"])
+def test_experimental_weights_load_with_their_configuration(name):
+    """The CPU attempts' weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
     from conftest import BUNDLE
     from sat3d.session import InteractiveSession
 
-    path = BUNDLE / "models" / "experimental" / "sat3d_cpu_attempt1.pt"
+    path = BUNDLE / "models" / "experimental" / name
     assert path.is_file() and path.stat().st_size <= 25 * 1024 * 1024
     cfg = read_config(path)
     assert cfg["status"] == "experimental" and cfg["training"].startswith("EXPERIMENTAL")

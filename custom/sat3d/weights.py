@@ -198,7 +198,8 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     if path is None or not path.exists():
         msg = (
             f"no SAT3D weights at {path}. No trained weights are shipped yet (see bundle/docs/README.md): "
-            "pass --ckpt_path to weights you trained with the train workflow. "
+            "pass --ckpt_path to weights you trained with the train workflow, or to the authors' published SAT3D "
+            "weights converted with 'python -m sat3d.convert'. "
             "Set require_weights to false only for testing with random weights."
         )
         if require:
