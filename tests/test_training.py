@@ -17,7 +17,7 @@ import torch
 from conftest import BUNDLE, make_sphere_volume
 from ignite.engine import Events
 from sat3d import build_sat3d
-from sat3d.click_simulation import next_click_volume, sample_error_clicks
+from sat3d.click_simulation import interior_voxel, next_click_volume, sample_error_clicks, sample_first_clicks
 from sat3d.data import load_datalist
 from sat3d.engine import SAT3DTrainer, TrainingCheckpoints, frozen
 from sat3d.evaluation import segmentation_metrics
@@ -59,6 +59,42 @@ def test_sample_error_clicks_sign_and_region():
     assert gt[0, 0, i, j, k] == 1 and pred[0, 0, i, j, k] == 0
     i, j, k = pts[1, 0].long().tolist()
     assert pred[1, 0, i, j, k] == 1 and gt[1, 0, i, j, k] == 0
+
+
+def test_interior_clicks_fall_deep_inside_the_largest_component():
+    region = torch.zeros(24, 24, 24, dtype=torch.bool)
+    region[2:13, 2:13, 2:13] = True  # largest component, centre (7, 7, 7), border distance up to 6
+    region[18:21, 18:21, 18:21] = True  # smaller component: never clicked
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        i, j, k = interior_voxel(region, g, depth=0.5).long().tolist()
+        assert all(4 <= c <= 10 for c in (i, j, k)), (i, j, k)  # at least 3 voxels from the border
+    assert interior_voxel(region, g, depth=1.0).long().tolist() == [7, 7, 7]
+    with pytest.raises(ValueError, match="non-empty"):
+        interior_voxel(torch.zeros(4, 4, 4, dtype=torch.bool))
+    pred = torch.zeros(1, 1, 24, 24, 24)
+    pts, lab = sample_error_clicks(pred, region[None, None].float(), g, where="interior")
+    assert lab.tolist() == [[1]] and all(4 <= c <= 10 for c in pts[0, 0].long().tolist())
+    with pytest.raises(ValueError, match="click sampling"):
+        sample_error_clicks(pred, region[None, None].float(), g, where="edge")
+
+
+def test_first_clicks_are_positive_inside_the_tumour_or_absent():
+    gt = torch.zeros(3, 1, 16, 16, 16)
+    gt[0, 0, 3:12, 3:12, 3:12] = 1
+    gt[1, 0, 5:9, 5:9, 5:9] = 1  # sample 2 has no tumour: never a click
+    g = torch.Generator().manual_seed(1)
+    pts, lab = sample_first_clicks(gt, 1.0, g)
+    assert lab.tolist() == [[1], [1], [-1]]
+    for b in (0, 1):
+        i, j, k = pts[b, 0].long().tolist()
+        assert gt[b, 0, i, j, k] == 1
+    _, lab = sample_first_clicks(gt, 0.0, g)
+    assert lab.tolist() == [[-1], [-1], [-1]]
+    many = torch.cat([sample_first_clicks(gt[:1], 0.5, g)[1] for _ in range(200)])
+    assert 60 < int((many == 1).sum()) < 140  # about half start from a click
+    with pytest.raises(ValueError, match="probability"):
+        sample_first_clicks(gt, 1.5, g)
 
 
 def test_next_click_volume_centre_of_largest_error():
@@ -136,6 +172,35 @@ def test_training_runs_the_users_prompt_step():
     trainer.protocol = Recording()
     trainer.run()
     assert seen == [(0, True, True), (1, False, True), (2, False, True)]
+
+
+def test_first_click_curriculum_starts_from_a_positive_click_inside_the_tumour():
+    from sat3d.protocols import Sat3dProtocol
+
+    seen = []
+
+    class Recording(Sat3dProtocol):
+        def step(self, network, embedding, image, points=None, labels=None, state=None, detach_feedback=True):
+            seen.append((points.clone(), labels.clone()))
+            return super().step(network, embedding, image, points, labels, state, detach_feedback)
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    lab = torch.zeros(1, 1, 32, 32, 32)
+    lab[:, :, 8:20, 8:20, 8:20] = 1
+    trainer, _, _ = _trainer(net, [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab}], first_click_prob=1.0,
+                             click_sampling="interior")
+    trainer.protocol = Recording()
+    trainer.run()
+    assert [p.shape[1] for p, _ in seen] == [1, 2, 3]  # one click from the start, then one per step
+    first_p, first_l = seen[0]
+    assert first_l.tolist() == [[1]]
+    i, j, k = first_p[0, 0].long().tolist()
+    assert lab[0, 0, i, j, k] == 1
+    with pytest.raises(ValueError, match="first_click_prob"):
+        _trainer(build_sat3d("sat3d_tiny"), [], first_click_prob=2.0)
+    with pytest.raises(ValueError, match="click_sampling"):
+        _trainer(build_sat3d("sat3d_tiny"), [], click_sampling="edge")
 
 
 def test_gradient_accumulation_steps_every_n_iterations():

@@ -6,13 +6,75 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["sample_error_clicks", "next_click_volume"]
+__all__ = ["sample_error_clicks", "sample_first_clicks", "interior_voxel", "next_click_volume"]
+
+#: where training draws a click in a region: any voxel, or the interior of its largest component
+CLICK_SAMPLING = ("uniform", "interior")
+
+
+def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = None, depth: float = 0.5) -> torch.Tensor:
+    """A random voxel deep inside the largest connected component of ``region`` (a user's click).
+
+    The candidates are the component's voxels whose distance to its border is at least ``depth`` times
+    the largest such distance (``depth=1``: the centre that the evaluation's simulated user clicks).
+
+    Args:
+        region: ``(D, H, W)`` boolean map with at least one voxel.
+        generator: random generator (on CPU).
+        depth: fraction in [0, 1] of the maximal border distance a candidate must reach.
+
+    Returns:
+        ``(3,)`` float voxel coordinates.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}.")
+    r = region.detach().cpu().numpy().astype(bool)
+    if not r.any():
+        raise ValueError("interior_voxel needs a non-empty region.")
+    comps, n = ndimage.label(r)
+    if n > 1:
+        sizes = ndimage.sum_labels(r, comps, index=np.arange(1, n + 1))
+        r = comps == int(np.argmax(sizes)) + 1
+    dist = ndimage.distance_transform_edt(np.pad(r, 1))[1:-1, 1:-1, 1:-1]
+    idx = np.argwhere(dist >= depth * dist.max())
+    k = int(torch.randint(len(idx), (1,), generator=generator))
+    return torch.as_tensor(idx[k], dtype=torch.float32)
+
+
+def sample_first_clicks(
+    target: torch.Tensor, prob: float, generator: torch.Generator | None = None, depth: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first click of a training sample: with probability ``prob``, a positive click deep inside the
+    largest tumour component (where a user starts), else none (label -1, the automatic mode).
+
+    Args:
+        target: ``(B, 1, D, H, W)`` binary ground truth; a sample without tumour never gets a click.
+        prob: probability in [0, 1] that a sample with tumour starts from a click.
+        generator: random generator (on CPU).
+        depth: see :func:`interior_voxel`.
+
+    Returns:
+        ``(B, 1, 3)`` voxel coordinates and ``(B, 1)`` labels (1 or -1).
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"first click probability must be in [0, 1], got {prob}.")
+    b = target.shape[0]
+    points = torch.zeros((b, 1, 3), dtype=torch.float32)
+    labels = torch.full((b, 1), -1, dtype=torch.long)
+    for i in range(b):
+        draw = float(torch.rand((), generator=generator))
+        t = target[i, 0] > 0.5
+        if draw < prob and bool(t.any()):
+            points[i, 0] = interior_voxel(t, generator, depth)
+            labels[i, 0] = 1
+    return points.to(target.device), labels.to(target.device)
 
 
 def sample_error_clicks(
-    pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None, where: str = "uniform",
+    depth: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per sample, drawn uniformly from the larger error region (training).
+    """One click per sample in the larger error region (training).
 
     False negatives (target but not predicted) give a positive click, false positives a negative click;
     the larger of the two regions is chosen.  A sample without error gets a padding click (label -1).
@@ -21,12 +83,17 @@ def sample_error_clicks(
         pred: ``(B, 1, D, H, W)`` binary prediction.
         target: ``(B, 1, D, H, W)`` binary ground truth.
         generator: random generator (on CPU) for reproducibility.
+        where: ``"uniform"``: any voxel of the region; ``"interior"``: deep inside its largest connected
+            component (:func:`interior_voxel`), as a user corrects the biggest mistake.
+        depth: see :func:`interior_voxel` (``where="interior"`` only).
 
     Returns:
         ``(B, 1, 3)`` voxel coordinates and ``(B, 1)`` labels (1, 0 or -1).
     """
     if pred.shape != target.shape or pred.ndim != 5:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be (B, 1, D, H, W).")
+    if where not in CLICK_SAMPLING:
+        raise ValueError(f"click sampling must be one of {CLICK_SAMPLING}, got {where!r}.")
     p, t = pred.bool(), target.bool()
     fn, fp = t & ~p, p & ~t
     b = pred.shape[0]
@@ -37,9 +104,12 @@ def sample_error_clicks(
         if n_fn == 0 and n_fp == 0:
             continue
         region, lab = (fn[i, 0], 1) if n_fn >= n_fp else (fp[i, 0], 0)
-        idx = region.nonzero()
-        k = int(torch.randint(len(idx), (1,), generator=generator))
-        points[i, 0] = idx[k].float().cpu()
+        if where == "interior":
+            points[i, 0] = interior_voxel(region, generator, depth)
+        else:
+            idx = region.nonzero()
+            k = int(torch.randint(len(idx), (1,), generator=generator))
+            points[i, 0] = idx[k].float().cpu()
         labels[i, 0] = lab
     return points.to(pred.device), labels.to(pred.device)
 

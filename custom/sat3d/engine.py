@@ -14,7 +14,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from .click_simulation import sample_error_clicks
+from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .io import atomic_path
 from .losses import CriticLoss, GeneratorLoss
 from .protocols import Sat3dProtocol, StepState
@@ -53,7 +53,7 @@ class SAT3DTrainer(SupervisedTrainer):
     """Supervised trainer whose iteration is SAT3D's min-max step.
 
     Per batch: the image embedding is computed once; then ``num_prompt_steps`` decoder passes follow.
-    Step 1 has no clicks and no dense prompt; each later step adds one click per sample drawn from the
+    Step 1 has no clicks (or, with ``first_click_prob``, one positive click) and no dense prompt; each later step adds one click per sample drawn from the
     error region of the previous prediction (false negative -> positive click, false positive -> negative
     click) and feeds back the previous mask probability and the binarised critic confidence
     (``confidence >= T``).  The generator loss (see :class:`~sat3d.losses.GeneratorLoss`) is averaged over
@@ -72,6 +72,11 @@ class SAT3DTrainer(SupervisedTrainer):
         seed: seed of the click sampler.
         grad_clip: clip each network's gradient norm to this value before its step (``None``: no clipping).
         mask_threshold: probability above which a voxel counts as predicted when clicks are drawn from errors.
+        first_click_prob: probability that a sample with tumour starts (step 1) from one positive click
+            deep inside the tumour instead of no prompt (0: the paper's schedule, step 1 automatic).  A
+            curriculum for small compute: the click tells the decoder where to look from the first step.
+        click_sampling: where the error clicks are drawn, ``"uniform"`` (any error voxel, the paper) or
+            ``"interior"`` (deep inside the largest error component, as the evaluation's user clicks).
         other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
             ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
     """
@@ -86,6 +91,8 @@ class SAT3DTrainer(SupervisedTrainer):
         seed: int = 0,
         grad_clip: float | None = None,
         mask_threshold: float = 0.5,
+        first_click_prob: float = 0.0,
+        click_sampling: str = "uniform",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
@@ -108,6 +115,12 @@ class SAT3DTrainer(SupervisedTrainer):
         if not 0.0 < float(mask_threshold) < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}.")
         self.mask_threshold = float(mask_threshold)
+        if not 0.0 <= float(first_click_prob) <= 1.0:
+            raise ValueError(f"first_click_prob must be in [0, 1], got {first_click_prob}.")
+        self.first_click_prob = float(first_click_prob)
+        if click_sampling not in CLICK_SAMPLING:
+            raise ValueError(f"click_sampling must be one of {CLICK_SAMPLING}, got {click_sampling!r}.")
+        self.click_sampling = click_sampling
         self.protocol = Sat3dProtocol()  # training follows our protocol; the paper's is for their weights only
 
     def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
@@ -152,6 +165,10 @@ class SAT3DTrainer(SupervisedTrainer):
         b = images.shape[0]
         points = torch.zeros((b, 0, 3), device=images.device)
         labels = torch.zeros((b, 0), dtype=torch.long, device=images.device)
+        if engine.first_click_prob > 0:
+            first_p, first_l = sample_first_clicks(targets, engine.first_click_prob, engine.click_generator)
+            if bool((first_l >= 0).any()):  # all without a click: no point at all (the automatic mode)
+                points, labels = first_p, first_l
         state = StepState()
         terms: dict[str, float] = {}
         total = torch.zeros((), device=images.device)
@@ -160,7 +177,7 @@ class SAT3DTrainer(SupervisedTrainer):
             for s in range(engine.num_prompt_steps):
                 if s > 0:
                     new_p, new_l = sample_error_clicks((state.mask_prompt > engine.mask_threshold).float(), targets,
-                                                       engine.click_generator)
+                                                       engine.click_generator, where=engine.click_sampling)
                     points, labels = torch.cat([points, new_p], 1), torch.cat([labels, new_l], 1)
                 # the same prompt step (and feedback) the session, evaluation and MONAI Label run
                 out = engine.protocol.step(net, embedding, images, points, labels, state, detach_feedback=True)
