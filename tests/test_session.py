@@ -138,8 +138,7 @@ def test_undo_then_click_equals_a_fresh_session(net, image):
 
 def test_file_session_maps_clicks_and_returns_the_file_grid(tmp_path):
     """FileSession: the bundle's preprocessing, clicks in the file's voxel or world coordinates, results on
-    the file's grid, equal to what folder inference writes for the same clicks (the confidence map, which
-    the forcing of clicked voxels does not touch)."""
+    the file's grid, equal to what folder inference writes for the same clicks (confidence and mask)."""
     import json
     import subprocess
     import sys
@@ -178,3 +177,40 @@ def test_file_session_maps_clicks_and_returns_the_file_grid(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     written = np.asarray(nib.load(str(tmp_path / "out" / "v_confidence.nii.gz")).dataobj)
     np.testing.assert_allclose(written, by_voxel, atol=1e-5)
+    fs.undo()
+    fs.add_click(voxel, positive=True)  # same state as the folder run: the masks agree too (clicks forced alike)
+    written_mask = np.asarray(nib.load(str(tmp_path / "out" / "v_mask.nii.gz")).dataobj)
+    np.testing.assert_array_equal(written_mask, fs.mask)
+    assert fs.mask[tuple(voxel)] == 1
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_click_radius_makes_the_mask_agree_with_the_clicks_without_changing_the_feedback(net, image, positive):
+    """The one place clicked voxels are forced (folder inference, MONAI Label, FileSession and the evaluation
+    all read the session): only the ball of ``click_radius`` around each click changes; what the network is
+    fed back, its confidence and the next click's result are those of the unforced session."""
+    plain, forced = InteractiveSession(net, click_radius=0), InteractiveSession(net, click_radius=2)
+    c = (35, 20, 16)
+    for s in (plain, forced):
+        s.set_image(image)
+        s.add_click(c, positive=positive)
+    assert forced.mask[c] == (1 if positive else 0)
+    diff = (forced.logits != plain.logits).nonzero()
+    assert len(diff) > 0 and bool(((diff - torch.tensor(c)) ** 2).sum(1).max() <= 4)
+    assert torch.equal(forced.confidence, plain.confidence)
+    for s in (plain, forced):
+        s.add_click((10, 10, 10), positive=True)
+    assert torch.equal(forced.confidence, plain.confidence)
+    far = (slice(0, 8), slice(0, 8), slice(20, 33))
+    assert torch.equal(forced.logits[far], plain.logits[far])
+    with pytest.raises(ValueError, match="click_radius"):
+        InteractiveSession(net, click_radius=-1)
+
+
+def test_evaluation_forces_clicks_as_the_inferer_does(net):
+    from sat3d.evaluation import InteractiveEvaluation
+    from sat3d.inferer import SAT3DInferer
+
+    ev = InteractiveEvaluation([], "unused", net, lambda d: d, SAT3DInferer((32, 32, 32), click_radius=3),
+                               require_weights=False)
+    assert ev._session().click_radius == 3

@@ -75,7 +75,8 @@ class InteractiveEvaluation:
         output_dir: results folder (existing result files are not overwritten unless ``overwrite``).
         network: SAT3D network.
         preprocessing: dict transform loading ``image`` and ``label`` (binary target).
-        inferer: :class:`sat3d.inferer.SAT3DInferer` whose window, overlap and blending the session uses.
+        inferer: :class:`sat3d.inferer.SAT3DInferer` whose window, overlap, blending, protocol and
+            ``click_radius`` the session uses (the settings of folder inference and MONAI Label).
         clicks: the K values to score; clicks are simulated up to ``max(clicks)``.
         ckpt_path, require_weights: see :func:`sat3d.weights.load_weights`.
         device: network device.
@@ -131,6 +132,7 @@ class InteractiveEvaluation:
             protocol=getattr(self.inferer, "protocol", "sat3d"),
             clicked_windows_only=getattr(self.inferer, "clicked_windows_only", False),
             window_intensity=getattr(self.inferer, "window_intensity", None),
+            click_radius=getattr(self.inferer, "click_radius", 0),
         )
 
     def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict) -> list[dict[str, Any]]:

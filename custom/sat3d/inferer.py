@@ -69,6 +69,8 @@ class SAT3DInferer(Inferer):
         protocol: click protocol, ``"sat3d"`` or ``"paper"`` (from the weights' configuration).
         window_intensity: per-window normalisation (from the weights' configuration), or ``None``.
         cache_size: sessions kept between calls (0: none).
+        click_radius: the returned mask agrees with the clicks within this radius (voxels; see
+            :class:`sat3d.session.InteractiveSession`); 0 returns the network's output unchanged.
     """
 
     def __init__(
@@ -83,8 +85,12 @@ class SAT3DInferer(Inferer):
         protocol: str = "sat3d",
         window_intensity: Any = None,
         cache_size: int = 0,
+        click_radius: int = 0,
     ) -> None:
         super().__init__()
+        if int(click_radius) < 0:
+            raise ValueError(f"click_radius must be >= 0, got {click_radius}.")
+        self.click_radius = int(click_radius)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
         if int(sw_batch_size) < 1 or int(cache_size) < 0:
@@ -125,6 +131,7 @@ class SAT3DInferer(Inferer):
                 device=self.sw_device if self.sw_device is not None else image.device,
                 protocol=self.protocol, clicked_windows_only=self.clicked_windows_only,
                 window_intensity=self.window_intensity, encode_batch_size=self.sw_batch_size,
+                click_radius=self.click_radius,
             )
             session.set_image(image[0])
             self.last_cache_use = "new"

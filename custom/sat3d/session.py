@@ -57,6 +57,8 @@ class _Step:
 
 #: logit and confidence of a window that was not computed (no click in it, automatic mode off)
 SKIPPED_LOGIT, SKIPPED_CONFIDENCE = -20.0, 1.0
+#: logit magnitude of voxels that agree with a click (``click_radius``)
+CLICK_LOGIT = 20.0
 
 
 class InteractiveSession:
@@ -88,6 +90,9 @@ class InteractiveSession:
         window_intensity: applied to each window crop before the network sees it (``None``: nothing; the
             paper protocol uses :func:`sat3d.paper_preprocessing.zscore_positive`).
         encode_batch_size: windows per encoder pass when the automatic mode encodes every window.
+        click_radius: the returned logits agree with the clicks: voxels within this radius (voxels) of a
+            positive click are tumour, of a negative click background; 0 returns the network's output
+            unchanged.  The fed-back state is the network's own output either way.
     """
 
     def __init__(
@@ -103,7 +108,11 @@ class InteractiveSession:
         clicked_windows_only: bool = False,
         window_intensity: Callable[[torch.Tensor], torch.Tensor] | None = None,
         encode_batch_size: int = 1,
+        click_radius: int = 0,
     ) -> None:
+        if int(click_radius) < 0:
+            raise ValueError(f"click_radius must be >= 0, got {click_radius}.")
+        self.click_radius = int(click_radius)
         self.network = network.to(device).eval()
         self.roi_size = tuple(int(s) for s in (roi_size or network.roi_size))
         self.overlap = float(overlap)
@@ -324,11 +333,28 @@ class InteractiveSession:
     def _unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[tuple(slice(0, s) for s in self.spatial)]
 
+    def _agree_with_clicks(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the balls of ``click_radius`` around the clicks set to tumour / background."""
+        r = self.click_radius
+        if not r or not self.clicks:
+            return logits
+        logits = logits.clone()
+        size = logits.shape
+        for c, lab in self.clicks:
+            p = [int(round(v)) for v in c]
+            box = tuple(slice(max(q - r, 0), min(q + r + 1, n)) for q, n in zip(p, size))
+            grid = torch.stack(torch.meshgrid(*[torch.arange(b.start, b.stop, device=logits.device) for b in box],
+                                              indexing="ij"), -1)
+            ball = ((grid - torch.tensor(p, device=logits.device)) ** 2).sum(-1) <= r * r
+            region = logits[box]
+            region[ball] = CLICK_LOGIT if lab == 1 else -CLICK_LOGIT
+        return logits
+
     @property
     def logits(self) -> torch.Tensor:
-        """``(D, H, W)`` blended mask logits."""
+        """``(D, H, W)`` blended mask logits (agreeing with the clicks within ``click_radius``)."""
         self._ensure_auto()
-        return self._unpad(self._sum_logit / self._sum_w)
+        return self._agree_with_clicks(self._unpad(self._sum_logit / self._sum_w))
 
     @property
     def probability(self) -> torch.Tensor:
@@ -392,7 +418,7 @@ class FileSession:
         self.session = InteractiveSession.from_weights(
             str(weights), device=device, overlap=inferer.overlap, mode=inferer.mode,
             clicked_windows_only=inferer.clicked_windows_only, window_intensity=inferer.window_intensity,
-            protocol=inferer.protocol)
+            protocol=inferer.protocol, click_radius=inferer.click_radius)
         self.threshold = self.session.threshold
         self._image = None
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # inverted (logits, confidence) of the current state

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
-__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "SplitPredictiond", "ClicksFromRequestd", "EnforceClicksd"]
+__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "SplitPredictiond", "ClicksFromRequestd"]
 
 
 class ValidateVolumed(MapTransform):
@@ -286,37 +286,3 @@ def _as_list(points: Any) -> list:
     if hasattr(points, "tolist"):
         return points.tolist()
     return [list(p) for p in points]
-
-
-class EnforceClicksd(MapTransform):
-    """Make the mask agree with the clicks: voxels within ``radius`` of a positive click are tumour,
-    those within ``radius`` of a negative click are background.
-
-    Works on the ``(2, ...)`` inferer output in the preprocessed grid (before inversion), reading the clicks
-    that :class:`ClicksFromRequestd` stored on the image.  ``radius`` 0 disables it.
-    """
-
-    def __init__(self, keys: KeysCollection, image_key: str = "image", radius: int = 1) -> None:
-        super().__init__(keys)
-        if radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}.")
-        self.image_key, self.radius = image_key, int(radius)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        img = d.get(self.image_key)
-        clicks = img.meta.get(CLICKS_META_KEY) if isinstance(img, MetaTensor) else None
-        if not clicks or self.radius == 0:
-            return d
-        r = self.radius
-        for key in self.key_iterator(d):
-            pred = d[key].clone()
-            size = pred.shape[1:]
-            for p, lab in zip(clicks["points"].long().tolist(), clicks["labels"].tolist()):
-                box = tuple(slice(max(c - r, 0), min(c + r + 1, s)) for c, s in zip(p, size))
-                grid = torch.stack(torch.meshgrid(*[torch.arange(b.start, b.stop) for b in box], indexing="ij"), -1)
-                ball = ((grid - torch.tensor(p)) ** 2).sum(-1) <= r * r
-                region = pred[(0, *box)]
-                region[ball] = 20.0 if lab == 1 else -20.0
-            d[key] = pred
-        return d
