@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import stat
 import subprocess
@@ -91,6 +92,8 @@ def test_all_48_orientations_and_an_oblique_round_trip(tmp_path):
         _same_place(data / f"{name}.nii.gz", out / f"{name}_confidence.nii.gz")
         mask = np.asarray(nib.load(str(out / f"{name}_mask.nii.gz")).dataobj)
         assert mask[7, 5, 3] == 1, f"{name}: the clicked voxel must be tumour (click_radius 1)"
+    # a non-empty mask comes with the IoU head's quality estimate in the results table
+    assert all(isinstance(r["predicted_iou"], float) and math.isfinite(r["predicted_iou"]) for r in rows)
 
 
 def test_header_codes_are_kept_or_the_file_fails_clearly(tmp_path):
@@ -173,6 +176,7 @@ def test_results_json_valid_and_permissions_follow_umask(tmp_path):
     text = next(out.glob("results-*.json")).read_text()
     rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
     assert rows[0]["voxels"] == 0 and rows[0]["mean_confidence"] is None and rows[0]["centre_mm"] is None
+    assert rows[0]["predicted_iou"] is None  # no mask, no quality estimate
     for p in out.iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name
 

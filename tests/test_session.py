@@ -214,3 +214,27 @@ def test_evaluation_forces_clicks_as_the_inferer_does(net):
     ev = InteractiveEvaluation([], "unused", net, lambda d: d, SAT3DInferer((32, 32, 32), click_radius=3),
                                require_weights=False)
     assert ev._session().click_radius == 3
+
+
+def test_predicted_iou_is_the_iou_heads_estimate_weighted_by_mask_voxels(net, image):
+    """The per-case quality in the results table: the windows' IoU-head outputs, weighted by the mask voxels
+    each window holds; ``None`` for an empty mask; restored exactly by undo."""
+    s = InteractiveSession(net, threshold=0.5)
+    s.set_image(image)
+    mask = s.mask
+    if not mask.any():
+        s.threshold = 0.0  # every voxel: all windows count
+        mask = s.mask
+    full = torch.zeros(s._sum_w.shape, dtype=torch.uint8)
+    full[tuple(slice(0, n) for n in s.spatial)] = mask
+    weights = [float(full[w].sum()) for w in s.windows]
+    with torch.no_grad():
+        heads = [float(net.decode(net.encode(s._crop(i)))[1]) for i in range(len(s.windows))]
+    expected = sum(w * h for w, h in zip(weights, heads)) / sum(weights)
+    assert s.predicted_iou == pytest.approx(expected, rel=1e-5)
+    before = s.predicted_iou
+    s.add_click((35, 20, 16), positive=True)
+    s.undo()
+    assert s.predicted_iou == before
+    s.threshold = 1.0  # an empty mask has no quality estimate
+    assert s.predicted_iou is None

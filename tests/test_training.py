@@ -484,7 +484,7 @@ class _ThresholdNet(torch.nn.Module):
         return x
 
     def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None):
-        return 20.0 * (emb > 0.5).float() - 10.0, torch.ones(emb.shape[0], 1)
+        return 20.0 * (emb > 0.5).float() - 10.0, torch.full((emb.shape[0], 1), 0.9)  # IoU head says 0.9
 
     def judge(self, image, prob):
         return torch.ones_like(prob)
@@ -519,6 +519,9 @@ def test_evaluation_tables_use_the_true_spacing(tmp_path):
     assert float(rows[0]["assd_mm"]) == pytest.approx(expected["assd_mm"])
     summary = list(csv.DictReader((tmp_path / "ev" / "summary.csv").open()))
     assert float(summary[0]["dice_mean"]) == pytest.approx(0.8)
+    # the IoU head's estimate is reported next to the true IoU (0.8 / 1.2), and how far off it is
+    assert float(rows[0]["predicted_iou"]) == pytest.approx(0.9) and float(rows[0]["iou"]) == pytest.approx(2 / 3)
+    assert float(summary[0]["predicted_iou_mae"]) == pytest.approx(0.9 - 2 / 3)
 
 
 def test_training_crops_keep_binary_labels_for_small_scans(tmp_path):

@@ -135,8 +135,10 @@ class InteractiveEvaluation:
             click_radius=getattr(self.inferer, "click_radius", 0),
         )
 
-    def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict) -> list[dict[str, Any]]:
-        """Score ``predict(clicks) -> mask`` after each K of simulated clicks."""
+    def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict,
+               quality: Callable[[], float | None] | None = None) -> list[dict[str, Any]]:
+        """Score ``predict(clicks) -> mask`` after each K of simulated clicks (and the method's own
+        ``quality()`` estimate of its mask, when it has one: SAT3D's predicted IoU)."""
         given: list[tuple[tuple[int, int, int], int]] = []
         rows = []
         pred = predict(given)
@@ -148,6 +150,7 @@ class InteractiveEvaluation:
                     pred = predict(given)
             if k in self.clicks:
                 row = {**base, "method": method, "clicks": k, "clicks_given": len(given), **segmentation_metrics(pred, gt, spacing)}
+                row["predicted_iou"] = quality() if quality is not None else None
                 rows.append(row)
                 logger.info("%s %s K=%d dice=%.3f hd95=%.1f mm", name, method, k, row["dice"], row["hd95_mm"])
         return rows
@@ -170,7 +173,7 @@ class InteractiveEvaluation:
                 session.add_click(c, positive=lab == 1)
             return session.mask.cpu().numpy() > 0
 
-        rows = self._drive(name, "sat3d", sat3d_predict, gt, spacing, base)
+        rows = self._drive(name, "sat3d", sat3d_predict, gt, spacing, base, quality=lambda: session.predicted_iou)
         if self.baseline:
             from .baseline import RegionGrowing
 
@@ -222,6 +225,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     row[f"{m}_std"] = float(finite.std()) if finite.size else math.nan
                     if finite.size != vals.size:
                         row[f"{m}_infinite"] = int(vals.size - finite.size)
+                pairs = [(r["predicted_iou"], r["iou"]) for r in sel if r.get("predicted_iou") is not None]
+                if pairs:  # how well the IoU head's estimate tracks the true IoU
+                    est, true = np.array(pairs, dtype=float).T
+                    row["predicted_iou_mae"] = float(np.abs(est - true).mean())
                 out.append(row)
     return out
 

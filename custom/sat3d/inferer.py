@@ -14,7 +14,10 @@ from monai.inferers import Inferer
 
 from .transforms import CLICKS_META_KEY
 
-__all__ = ["SAT3DInferer", "clicks_in_window"]
+__all__ = ["SAT3DInferer", "clicks_in_window", "PREDICTED_IOU_KEY"]
+
+#: metadata key of the inferer's output holding the predicted IoU of the mask (``None``: empty mask)
+PREDICTED_IOU_KEY = "sat3d_predicted_iou"
 
 
 def clicks_in_window(
@@ -161,7 +164,8 @@ class SAT3DInferer(Inferer):
             point_labels: ``(N,)`` or ``(1, N)`` 1 positive / 0 negative.
 
         Returns:
-            ``(1, 2, D, H, W)`` MetaTensor: logits and confidence.
+            ``(1, 2, D, H, W)`` MetaTensor: logits and confidence; its metadata ``PREDICTED_IOU_KEY`` holds the
+            session's :attr:`~sat3d.session.InteractiveSession.predicted_iou`.
         """
         if inputs.ndim != 5 or inputs.shape[0] != 1:
             raise ValueError(f"expected a (1, C, D, H, W) image (clicks are per image), got shape {tuple(inputs.shape)}.")
@@ -174,10 +178,11 @@ class SAT3DInferer(Inferer):
         with self._lock:
             session = self._session(network, raw, clicks)
             out = torch.stack([session.logits, session.confidence])[None]
+            iou = session.predicted_iou
         out = out.to(self.device if self.device is not None else inputs.device)
         if not isinstance(inputs, MetaTensor):
-            return MetaTensor(out)
-        return MetaTensor(out, meta=dict(inputs.meta), applied_operations=list(inputs.applied_operations))
+            return MetaTensor(out, meta={PREDICTED_IOU_KEY: iou})
+        return MetaTensor(out, meta={**inputs.meta, PREDICTED_IOU_KEY: iou}, applied_operations=list(inputs.applied_operations))
 
 
 def _fingerprint(image: torch.Tensor) -> str:

@@ -17,7 +17,9 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.distributed as dist
+from monai.data import MetaTensor
 
+from .inferer import PREDICTED_IOU_KEY
 from .io import (
     case_name,
     geometry_problem,
@@ -36,8 +38,8 @@ __all__ = ["FolderInference"]
 
 logger = logging.getLogger("sat3d.inference")
 
-RESULT_FIELDS = ["file", "status", "volume_ml", "components", "voxels", "centre_mm", "mean_confidence", "clicks",
-                 "mask", "confidence", "error"]
+RESULT_FIELDS = ["file", "status", "volume_ml", "components", "voxels", "centre_mm", "mean_confidence", "predicted_iou",
+                 "clicks", "mask", "confidence", "error"]
 
 
 def _json_safe(value: Any) -> Any:
@@ -185,6 +187,7 @@ class FolderInference:
             raise ValueError(f"{path.name}: clicks were given but the preprocessing has no ClicksFromRequestd to map them.")
         with torch.no_grad():
             pred = self.inferer(image.unsqueeze(0).to(self.device), self.network)
+        predicted_iou = pred.meta.get(PREDICTED_IOU_KEY) if isinstance(pred, MetaTensor) else None
         data["pred"] = pred[0].cpu()
         data = self.postprocessing(data)
         mask = data["pred"][0].numpy().astype(np.uint8)
@@ -196,10 +199,12 @@ class FolderInference:
         write_nifti_atomic(conf, None, conf_path, dtype=np.float32, overwrite=replace, like=src)
         write_nifti_atomic(mask, None, mask_path, dtype=np.uint8, overwrite=replace, like=src)
         stats = mask_statistics(mask, affine, conf)
+        stats["predicted_iou"] = None if predicted_iou is None or not mask.any() else round(float(predicted_iou), 4)
         where = f"centre {stats['centre_mm']} mm" if stats["centre_mm"] else "no tumour found"
-        logger.info("%s: %.2f ml in %d component(s), %s, mean confidence %s -> %s", path.name, stats["volume_ml"],
-                    stats["components"], where,
-                    "-" if stats["mean_confidence"] is None else f"{stats['mean_confidence']:.2f}", mask_path)
+        logger.info("%s: %.2f ml in %d component(s), %s, mean confidence %s, predicted IoU %s -> %s", path.name,
+                    stats["volume_ml"], stats["components"], where,
+                    "-" if stats["mean_confidence"] is None else f"{stats['mean_confidence']:.2f}",
+                    "-" if stats["predicted_iou"] is None else f"{stats['predicted_iou']:.2f}", mask_path)
         return {**row, "status": "ok", **stats}
 
     def _check_output_dir(self) -> None:

@@ -50,10 +50,13 @@ class _Step:
     """What one click changed, for an exact undo."""
 
     click: tuple[tuple[float, float, float], int]
-    windows: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)  # old window outputs
+    windows: dict[int, "_WindowOut | None"] = field(default_factory=dict)  # old window outputs
     states: dict[int, StepState | None] = field(default_factory=dict)  # old per-window feedback
     boxes: list[tuple[tuple[slice, ...], torch.Tensor, torch.Tensor]] = field(default_factory=list)  # old sums
 
+
+#: one window's result: logits, confidence (both ``roi_size``) and the decoder's predicted IoU (NaN: not computed)
+_WindowOut = tuple[torch.Tensor, torch.Tensor, float]
 
 #: logit and confidence of a window that was not computed (no click in it, automatic mode off)
 SKIPPED_LOGIT, SKIPPED_CONFIDENCE = -20.0, 1.0
@@ -170,7 +173,7 @@ class InteractiveSession:
         self.weight = compute_importance_map(self.roi_size, mode=self.mode, device=self.device).to(torch.float32)
         self._embeddings: dict[int, torch.Tensor] = {}
         self._crops: dict[int, torch.Tensor] = {}
-        self._window_out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._window_out: dict[int, _WindowOut] = {}
         self._states: dict[int, StepState] = {}
         self._auto: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._sum_logit = torch.zeros(padded, device=self.device)
@@ -215,7 +218,7 @@ class InteractiveSession:
             self.encoder_calls += len(chunk)
 
     # ------------------------------------------------------------------ prediction
-    def _run_window(self, i: int, with_prompts: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run_window(self, i: int, with_prompts: bool) -> _WindowOut:
         """One prompt step of the protocol on window ``i``; stores its feedback state."""
         w = self.windows[i]
         points = labels = None
@@ -240,13 +243,13 @@ class InteractiveSession:
             out = self.protocol.step(self.network, self._embedding(i), crop, points, labels, state)
         self._states[i] = out.state
         self.decoder_calls += 1
-        return out.logits[0, 0], out.confidence[0, 0]
+        return out.logits[0, 0], out.confidence[0, 0], float(out.iou.reshape(-1)[0])
 
-    def _put(self, i: int, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    def _put(self, i: int, out: _WindowOut | None) -> None:
         """Replace window ``i``'s contribution to the blend (``None``: remove it)."""
         w = self.windows[i]
         if i in self._window_out:
-            old_l, old_c = self._window_out.pop(i)
+            old_l, old_c, _ = self._window_out.pop(i)
             self._sum_logit[w] -= old_l * self.weight
             self._sum_conf[w] -= old_c * self.weight
         if out is not None:
@@ -262,7 +265,7 @@ class InteractiveSession:
             for i in range(len(self.windows)):
                 if self.clicked_windows_only:
                     self._put(i, (torch.full(self.roi_size, SKIPPED_LOGIT, device=self.device),
-                                  torch.full(self.roi_size, SKIPPED_CONFIDENCE, device=self.device)))
+                                  torch.full(self.roi_size, SKIPPED_CONFIDENCE, device=self.device), math.nan))
                 else:
                     self._put(i, self._run_window(i, with_prompts=False))
             self._auto = dict(self._window_out)
@@ -365,6 +368,24 @@ class InteractiveSession:
     def mask(self) -> torch.Tensor:
         """``(D, H, W)`` binary mask (uint8)."""
         return (self.probability > self.threshold).to(torch.uint8)
+
+    @property
+    def predicted_iou(self) -> float | None:
+        """The decoder's predicted IoU of the mask (its IoU head), as a per-case quality estimate.
+
+        The IoU each window's decoder predicts for its own mask, averaged over the windows weighted by how
+        many voxels of the whole mask they hold; ``None`` when the mask is empty.  A learned estimate, not a
+        measurement: the model card reports how well it tracks the true IoU.
+        """
+        mask = self.mask
+        full = torch.zeros(self._sum_w.shape, dtype=torch.uint8, device=mask.device)
+        full[tuple(slice(0, s) for s in self.spatial)] = mask
+        num = den = 0.0
+        for i, (_, _, iou) in self._window_out.items():
+            n = float(full[self.windows[i]].sum())
+            if n > 0 and math.isfinite(iou):
+                num, den = num + n * iou, den + n
+        return num / den if den > 0 else None
 
     @property
     def confidence(self) -> torch.Tensor:
