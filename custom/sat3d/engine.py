@@ -77,6 +77,8 @@ class SAT3DTrainer(SupervisedTrainer):
             curriculum for small compute: the click tells the decoder where to look from the first step.
         click_sampling: where the error clicks are drawn, ``"uniform"`` (any error voxel, the paper) or
             ``"interior"`` (deep inside the largest error component, as the evaluation's user clicks).
+        click_prompt_radius: clicks are also painted into the dense mask prompt (see
+            :class:`sat3d.protocols.Sat3dProtocol`); must equal the weights' ``click_prompt_radius``.
         other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
             ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
     """
@@ -93,6 +95,7 @@ class SAT3DTrainer(SupervisedTrainer):
         mask_threshold: float = 0.5,
         first_click_prob: float = 0.0,
         click_sampling: str = "uniform",
+        click_prompt_radius: float = 0.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
@@ -121,7 +124,8 @@ class SAT3DTrainer(SupervisedTrainer):
         if click_sampling not in CLICK_SAMPLING:
             raise ValueError(f"click_sampling must be one of {CLICK_SAMPLING}, got {click_sampling!r}.")
         self.click_sampling = click_sampling
-        self.protocol = Sat3dProtocol()  # training follows our protocol; the paper's is for their weights only
+        # training follows our protocol (the paper's is for their weights only), with the settings the weights keep
+        self.protocol = Sat3dProtocol(click_prompt_radius)
 
     def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
         acc = engine.accumulation_steps
@@ -327,9 +331,9 @@ class TrainingCheckpoints:
         from .runner import as_bool
 
         if not self.resume(trainer, as_bool(resume)) and self.init_weights:
-            from .weights import CHECKED_KEYS, load_weights
+            from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
 
-            expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS}
+            expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}
             load_weights(self.network, self.init_weights, require=True, expect=expect)
             logger.info("fine-tuning from %s", self.init_weights)
         if trainer.state.epoch >= trainer.state.max_epochs:

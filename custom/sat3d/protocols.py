@@ -4,7 +4,11 @@ A protocol turns (cached image embedding, window crop, clicks, state) into the w
 confidence map and the state of the next step.  Two exist, selected by the weights' ``protocol``:
 
 * ``"sat3d"`` (ours, default): every click so far is given; the previous mask *probability* at crop size
-  and the binarised confidence (``>= T``) are fed back; no prompt at all is the automatic mode.
+  and the binarised confidence (``>= T``) are fed back; no prompt at all is the automatic mode.  With
+  ``click_prompt_radius`` > 0 (a setting the weights carry) the clicks are also painted into the dense mask
+  prompt: a ball of that radius (window voxels) around each positive click is set to 1, around each
+  negative click to 0, over the previous probability (or over zeros when there is none), so a click tells
+  the decoder where to look through the dense branch as well as through its sparse token.
 * ``"paper"`` (the authors' ``finetune_model_predict3D``, only for their converted weights): only the
   current click plus a padding point ``(0, 0, 0)`` with label -1; the previous *low-resolution logits* are
   the mask prompt (zeros at the start); the confidence fed back is ``sigmoid(critic(sigmoid(logits))) > 0.5``
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StepState", "StepOutput", "Sat3dProtocol", "PaperProtocol", "get_protocol", "PROTOCOLS"]
+__all__ = ["StepState", "StepOutput", "Sat3dProtocol", "PaperProtocol", "get_protocol", "protocol_of", "paint_clicks",
+           "PROTOCOLS"]
 
 
 @dataclass
@@ -56,8 +61,41 @@ class StepOutput:
     state: StepState
 
 
+def paint_clicks(prompt: torch.Tensor | None, points: torch.Tensor, labels: torch.Tensor, radius: float,
+                 size) -> torch.Tensor:
+    """The dense mask prompt with the clicks painted in.
+
+    Args:
+        prompt: ``(B, 1, D, H, W)`` previous mask probability, or ``None`` (zeros).
+        points: ``(B, N, 3)`` click voxel coordinates in the window.
+        labels: ``(B, N)`` 1 positive, 0 negative, -1 padding (not painted).
+        radius: ball radius in window voxels.
+        size: ``(D, H, W)`` of the window (the prompt's size when it is given).
+
+    Returns:
+        ``(B, 1, D, H, W)``: 1 in the balls of positive clicks, 0 in those of negative clicks (painted in
+        click order, so a later click wins), the prompt elsewhere.
+    """
+    b = points.shape[0]
+    out = torch.zeros((b, 1, *size), device=points.device) if prompt is None else prompt.clone()
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, device=points.device, dtype=torch.float32)
+                                        for n in out.shape[2:]], indexing="ij"), -1)
+    for i in range(b):
+        for p, lab in zip(points[i].float(), labels[i].tolist()):
+            if lab < 0:
+                continue
+            ball = ((grid - p) ** 2).sum(-1) <= radius * radius
+            out[i, 0][ball] = 1.0 if lab == 1 else 0.0
+    return out
+
+
 class Sat3dProtocol:
-    """Our protocol: all clicks, probability and binarised confidence (``>= T``) fed back."""
+    """Our protocol: all clicks, probability and binarised confidence (``>= T``) fed back.
+
+    Args:
+        click_prompt_radius: radius (window voxels) of the balls the clicks are painted into the dense mask
+            prompt with (0: clicks reach the decoder only as sparse tokens).
+    """
 
     name = "sat3d"
     #: whether every click so far is passed to each step (else only the new one)
@@ -67,6 +105,11 @@ class Sat3dProtocol:
     #: whether a whole-volume session feeds each window its crop of the blended result (else the window's
     #: own previous state)
     blended_feedback = True
+
+    def __init__(self, click_prompt_radius: float = 0.0) -> None:
+        if not float(click_prompt_radius) >= 0:
+            raise ValueError(f"click_prompt_radius must be >= 0, got {click_prompt_radius}.")
+        self.click_prompt_radius = float(click_prompt_radius)
 
     def initial_state(self, network, image: torch.Tensor) -> StepState:
         """No dense prompt before the first step (the automatic mode)."""
@@ -86,7 +129,10 @@ class Sat3dProtocol:
             detach_feedback: cut the gradient through the fed-back state (training feeds back detached maps).
         """
         state = state or StepState()
-        low, iou = network.decode(embedding, points, labels, state.mask_prompt, state.confidence)
+        mask_prompt = state.mask_prompt
+        if self.click_prompt_radius > 0 and points is not None and labels is not None and bool((labels >= 0).any()):
+            mask_prompt = paint_clicks(mask_prompt, points, labels, self.click_prompt_radius, image.shape[2:])
+        low, iou = network.decode(embedding, points, labels, mask_prompt, state.confidence)
         logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
         prob = torch.sigmoid(logits)
         critic_logits = network.critic.forward_logits(image, prob)
@@ -156,8 +202,16 @@ class PaperProtocol:
 PROTOCOLS = {"sat3d": Sat3dProtocol, "paper": PaperProtocol}
 
 
-def get_protocol(name: str):
-    """The protocol object of a weights configuration's ``protocol`` name."""
+def get_protocol(name: str, **options):
+    """The protocol object of a ``protocol`` name (``options``: its settings, e.g. ``click_prompt_radius``)."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown click protocol {name!r}; choose one of {sorted(PROTOCOLS)}.")
-    return PROTOCOLS[name]()
+    return PROTOCOLS[name](**options)
+
+
+def protocol_of(config) -> object:
+    """The protocol a weights configuration selects, with its settings (:mod:`sat3d.weights`)."""
+    name = config.get("protocol", "sat3d")
+    if name == "sat3d":
+        return get_protocol(name, click_prompt_radius=float(config.get("click_prompt_radius", 0) or 0))
+    return get_protocol(name)

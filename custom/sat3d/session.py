@@ -18,7 +18,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import compute_importance_map
 
 from .inferer import clicks_in_window
-from .protocols import StepState, get_protocol
+from .protocols import StepState, get_protocol, protocol_of
 
 __all__ = ["InteractiveSession", "FileSession", "window_plan", "window_intensity_of"]
 
@@ -144,7 +144,7 @@ class InteractiveSession:
                               overrides={"roi_size": config["roi_size"]})
         load_weights(network, path, require=True, expect={"preset": config["preset"], "roi_size": config["roi_size"]})
         kwargs.setdefault("threshold", config["mask_threshold"])
-        kwargs.setdefault("protocol", config.get("protocol", "sat3d"))
+        kwargs.setdefault("protocol", protocol_of(config))
         kwargs.setdefault("window_intensity", window_intensity_of(config))
         session = cls(network, device=device, **kwargs)
         session.config = config

@@ -53,12 +53,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "confidence_threshold": 0.3,
     "mask_threshold": 0.5,
     "protocol": "sat3d",
+    "click_prompt_radius": 0,
 }
 #: buffers a network computes from its own configuration (Swin relative-position indices: 7 x 2 MB of
 #: int64); weights files leave them out and loading takes them from the network being loaded
 DERIVED_BUFFERS = ("relative_position_index",)
 #: keys a run's settings are checked against
-CHECKED_KEYS = ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "protocol")
+CHECKED_KEYS = ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "protocol",
+                "click_prompt_radius")
+#: checked keys that fine-tuning may change (the new run learns the new setting)
+FINE_TUNABLE_KEYS = ("click_prompt_radius",)
 
 
 def _norm(value: Any) -> Any:
