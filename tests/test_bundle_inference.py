@@ -248,6 +248,23 @@ def test_metadata_is_valid_against_the_schema(tmp_path):
         verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=str(local))
 
 
+def test_verify_net_in_out_runs_on_the_inference_network(tmp_path):
+    """MONAI's own check of the network against metadata.json: input 1 x 64^3 float32, output ``pred`` of
+    1 channel (the tumour logits) float32; a metadata claiming 2 output channels must fail it."""
+    from monai.bundle import verify_net_in_out
+
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == len(meta["network_data_format"]["outputs"]["pred"]["channel_def"])
+    args = dict(net_id="network_def", meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                config_file=str(BUNDLE / "configs" / "inference.json"), device="cpu", p=1, n=1, any=1,
+                bundle_root=str(BUNDLE), require_weights=False)
+    verify_net_in_out(**args)
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 2
+    (tmp_path / "wrong.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(**{**args, "meta_file": str(tmp_path / "wrong.json")})
+
+
 def test_missing_weights_give_a_clear_message(tmp_path):
     d = tmp_path / "in"
     d.mkdir()

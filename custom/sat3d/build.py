@@ -54,6 +54,7 @@ def build_sat3d(
     confidence_threshold: float = 0.3,
     overrides: dict | None = None,
     use_checkpoint: bool = False,
+    forward_output: str = "dict",
 ) -> SAT3D:
     """Build a SAT3D network from a named preset.
 
@@ -63,6 +64,7 @@ def build_sat3d(
         confidence_threshold: the critic's binarisation threshold T.
         overrides: nested dict merged into the preset, e.g. ``{"roi_size": (96, 96, 96)}``.
         use_checkpoint: gradient checkpointing in the Swin blocks.
+        forward_output: ``"dict"`` or ``"logits"``, see :class:`sat3d.SAT3D`.
 
     Returns:
         the network (random weights).
@@ -83,4 +85,4 @@ def build_sat3d(
     prompt = PromptEncoder3D(embed_dim=encoder.out_channels, embedding_size=grid, input_size=roi, **cfg.get("prompt", {}))
     decoder = MaskDecoder3D(embed_dim=encoder.out_channels, **cfg["decoder"])
     critic = Critic3D(in_channels=in_channels, **cfg["critic"])
-    return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold)
+    return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold, forward_output=forward_output)

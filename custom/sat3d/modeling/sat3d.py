@@ -27,6 +27,9 @@ class SAT3D(nn.Module):
         mask_decoder: turns embeddings into ``(B, 1, 4D/s, 4H/s, 4W/s)`` logits.
         critic: maps (image, mask probability) to a confidence map.
         confidence_threshold: confidence below this value marks a voxel as uncertain (paper: T = 0.3).
+        forward_output: what :meth:`forward` returns: ``"dict"`` (every output) or ``"logits"`` (the mask
+            logits tensor alone, the bundle's ``pred``: what MONAI's ``verify_net_in_out`` and exporters expect).
+            The session, training and inference use :meth:`encode` / :meth:`decode` and are not affected.
 
     Raises:
         ValueError: if the parts' widths do not fit together.
@@ -39,8 +42,12 @@ class SAT3D(nn.Module):
         mask_decoder: MaskDecoder3D,
         critic: Critic3D,
         confidence_threshold: float = 0.3,
+        forward_output: str = "dict",
     ) -> None:
         super().__init__()
+        if forward_output not in ("dict", "logits"):
+            raise ValueError(f"forward_output must be 'dict' or 'logits', got {forward_output!r}.")
+        self.forward_output = forward_output
         if image_encoder.out_channels != prompt_encoder.embed_dim or prompt_encoder.embed_dim != mask_decoder.embed_dim:
             raise ValueError(
                 f"widths differ: encoder {image_encoder.out_channels}, prompt encoder {prompt_encoder.embed_dim}, "
@@ -107,7 +114,7 @@ class SAT3D(nn.Module):
         prev_mask: torch.Tensor | None = None,
         confidence: torch.Tensor | None = None,
         with_critic: bool = True,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
         """Segment a crop.
 
         Args:
@@ -117,11 +124,14 @@ class SAT3D(nn.Module):
 
         Returns:
             dict with ``logits`` ``(B, 1, D, H, W)``, ``low_res_logits`` ``(B, 1, 4d, 4h, 4w)``, ``iou`` ``(B, 1)``
-            and, if ``with_critic``, ``confidence`` ``(B, 1, D, H, W)``.
+            and, if ``with_critic``, ``confidence`` ``(B, 1, D, H, W)``; with ``forward_output="logits"`` only
+            the ``logits`` tensor.
         """
         embedding = self.encode(image)
         low, iou = self.decode(embedding, points, point_labels, prev_mask, confidence)
         logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
+        if self.forward_output == "logits":
+            return logits
         out = {"logits": logits, "low_res_logits": low, "iou": iou}
         if with_critic:
             out["confidence"] = self.judge(image, torch.sigmoid(logits))
