@@ -120,3 +120,35 @@ def test_experimental_weights_load_with_their_configuration(name):
     assert cfg["status"] == "experimental" and cfg["training"].startswith("EXPERIMENTAL")
     assert cfg["preset"] == "sat3d_base" and cfg["roi_size"] == [64, 64, 64] and cfg["spacing"] == [1.5, 1.5, 1.5]
     assert InteractiveSession.from_weights(str(path)).roi_size == (64, 64, 64)
+
+
+def test_thresholds_have_one_definition():
+    """T and the mask threshold are defined once (sat3d.constants); every default and the training config
+    agree with it, and the weights' configuration carries both."""
+    import inspect
+    import json
+
+    from conftest import BUNDLE
+    from sat3d import SAT3D, build_sat3d
+    from sat3d.constants import CONFIDENCE_THRESHOLD, MASK_THRESHOLD
+    from sat3d.engine import SAT3DTrainer
+    from sat3d.evaluation import InteractiveEvaluation
+    from sat3d.losses import GeneratorLoss
+    from sat3d.session import InteractiveSession
+    from sat3d.transforms import SplitPredictiond
+    from sat3d.weights import DEFAULT_CONFIG
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert default(build_sat3d, "confidence_threshold") == default(SAT3D.__init__, "confidence_threshold") == CONFIDENCE_THRESHOLD
+    assert default(GeneratorLoss.__init__, "threshold") == CONFIDENCE_THRESHOLD
+    for fn, name in ((GeneratorLoss.__init__, "mask_threshold"), (SAT3DTrainer.__init__, "mask_threshold"),
+                     (InteractiveSession.__init__, "threshold"), (InteractiveEvaluation.__init__, "threshold"),
+                     (SplitPredictiond.__init__, "threshold")):
+        assert default(fn, name) == MASK_THRESHOLD, fn.__qualname__
+    assert DEFAULT_CONFIG["confidence_threshold"] == CONFIDENCE_THRESHOLD and DEFAULT_CONFIG["mask_threshold"] == MASK_THRESHOLD
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    assert train["confidence_threshold"] == CONFIDENCE_THRESHOLD and train["mask_threshold"] == MASK_THRESHOLD
+    assert "@mask_threshold" in json.dumps(train["val_postprocessing"]), "validation must threshold at the config's value"
+    assert build_sat3d("sat3d_tiny").confidence_threshold == CONFIDENCE_THRESHOLD

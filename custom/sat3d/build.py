@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .constants import CONFIDENCE_THRESHOLD
 from .modeling import SAT3D, Critic3D, MaskDecoder3D, PromptEncoder3D, SwinImageEncoder3D
 
 __all__ = ["PRESETS", "build_sat3d"]
@@ -51,7 +52,7 @@ def _merge(base: dict, extra: dict) -> dict:
 def build_sat3d(
     preset: str = "sat3d_base",
     in_channels: int = 1,
-    confidence_threshold: float = 0.3,
+    confidence_threshold: float = CONFIDENCE_THRESHOLD,
     overrides: dict | None = None,
     use_checkpoint: bool = False,
     forward_output: str = "dict",

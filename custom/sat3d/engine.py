@@ -15,6 +15,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
+from .constants import MASK_THRESHOLD
 from .io import atomic_path
 from .losses import CriticLoss, GeneratorLoss
 from .protocols import Sat3dProtocol, StepState
@@ -92,7 +93,7 @@ class SAT3DTrainer(SupervisedTrainer):
         critic_loss: torch.nn.Module | None = None,
         seed: int = 0,
         grad_clip: float | None = None,
-        mask_threshold: float = 0.5,
+        mask_threshold: float = MASK_THRESHOLD,
         first_click_prob: float = 0.0,
         click_sampling: str = "uniform",
         click_prompt_radius: float = 0.0,

@@ -20,6 +20,7 @@ from monai.metrics import (
 )
 
 from .click_simulation import next_click_volume
+from .constants import MASK_THRESHOLD
 from .io import atomic_path, case_name, write_text_atomic
 from .runner import as_bool
 from .weights import load_weights
@@ -97,7 +98,7 @@ class InteractiveEvaluation:
         ckpt_path: str | None = None,
         require_weights: bool = True,
         device: str | torch.device = "cpu",
-        threshold: float = 0.5,
+        threshold: float = MASK_THRESHOLD,
         overwrite: bool = False,
         baseline: bool = True,
         settings: dict[str, Any] | None = None,

@@ -7,10 +7,12 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from .constants import CONFIDENCE_THRESHOLD, MASK_THRESHOLD
+
 __all__ = ["GeneratorLoss", "CriticLoss", "uncertainty_masked_bce", "mask_iou"]
 
 
-def mask_iou(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+def mask_iou(logits: torch.Tensor, target: torch.Tensor, threshold: float = MASK_THRESHOLD) -> torch.Tensor:
     """IoU ``(B,)`` of the thresholded prediction with the target (1 when both are empty)."""
     pred = torch.sigmoid(logits.detach().float()) > threshold
     t = target > 0.5
@@ -48,8 +50,8 @@ class GeneratorLoss(nn.Module):
         mask_threshold: probability threshold of the mask whose IoU is predicted.
     """
 
-    def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = 0.3,
-                 lambda_iou: float = 1.0, mask_threshold: float = 0.5) -> None:
+    def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = CONFIDENCE_THRESHOLD,
+                 lambda_iou: float = 1.0, mask_threshold: float = MASK_THRESHOLD) -> None:
         super().__init__()
         if lambda_adv < 0 or lambda_unc < 0 or lambda_iou < 0:
             raise ValueError(

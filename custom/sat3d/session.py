@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import compute_importance_map
 
+from .constants import MASK_THRESHOLD
 from .inferer import clicks_in_window
 from .protocols import StepState, get_protocol, protocol_of
 
@@ -105,7 +106,7 @@ class InteractiveSession:
         overlap: float = 0.25,
         mode: str = "gaussian",
         device: str | torch.device = "cpu",
-        threshold: float = 0.5,
+        threshold: float = MASK_THRESHOLD,
         eager: bool = False,
         protocol: str | object = "sat3d",
         clicked_windows_only: bool = False,

@@ -12,6 +12,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
+from .constants import MASK_THRESHOLD
+
 __all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "SplitPredictiond", "ClicksFromRequestd"]
 
 
@@ -172,7 +174,7 @@ class SplitPredictiond(MapTransform):
         confidence_key: where to put the confidence map.
     """
 
-    def __init__(self, keys: KeysCollection, threshold: float = 0.5, confidence_key: str = "confidence") -> None:
+    def __init__(self, keys: KeysCollection, threshold: float = MASK_THRESHOLD, confidence_key: str = "confidence") -> None:
         super().__init__(keys)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")

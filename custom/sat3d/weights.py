@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .constants import CONFIDENCE_THRESHOLD, MASK_THRESHOLD
+
 __all__ = [
     "WEIGHTS_FORMAT",
     "DEFAULT_CONFIG",
@@ -50,8 +52,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "roi_size": [64, 64, 64],
     "spacing": [1.5, 1.5, 1.5],
     "intensity": {"name": "foreground_zscore", "clip": 5.0},
-    "confidence_threshold": 0.3,
-    "mask_threshold": 0.5,
+    "confidence_threshold": CONFIDENCE_THRESHOLD,
+    "mask_threshold": MASK_THRESHOLD,
     "protocol": "sat3d",
     "click_prompt_radius": 0,
 }

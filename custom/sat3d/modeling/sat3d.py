@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import CONFIDENCE_THRESHOLD
 from .critic import Critic3D
 from .image_encoder import SwinImageEncoder3D
 from .mask_decoder import MaskDecoder3D
@@ -41,7 +42,7 @@ class SAT3D(nn.Module):
         prompt_encoder: PromptEncoder3D,
         mask_decoder: MaskDecoder3D,
         critic: Critic3D,
-        confidence_threshold: float = 0.3,
+        confidence_threshold: float = CONFIDENCE_THRESHOLD,
         forward_output: str = "dict",
     ) -> None:
         super().__init__()
