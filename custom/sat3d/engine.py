@@ -13,6 +13,7 @@ from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
+from monai.utils import str2bool
 
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .constants import MASK_THRESHOLD
@@ -329,9 +330,7 @@ class TrainingCheckpoints:
 
         A run that already reached ``max_epochs`` is not restarted from scratch: it logs that and returns.
         """
-        from .runner import as_bool
-
-        if not self.resume(trainer, as_bool(resume)) and self.init_weights:
+        if not self.resume(trainer, str2bool(resume)) and self.init_weights:
             from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
 
             expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}

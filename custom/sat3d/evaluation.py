@@ -18,11 +18,11 @@ from monai.metrics import (
     compute_hausdorff_distance,
     compute_iou,
 )
+from monai.utils import str2bool
 
 from .click_simulation import next_click_volume
 from .constants import MASK_THRESHOLD
 from .io import atomic_path, case_name, write_text_atomic
-from .runner import as_bool
 from .weights import load_weights
 
 __all__ = ["segmentation_metrics", "InteractiveEvaluation"]
@@ -112,11 +112,11 @@ class InteractiveEvaluation:
         self.inferer = inferer
         self.clicks = sorted({int(k) for k in clicks})
         self.ckpt_path = ckpt_path
-        self.require_weights = as_bool(require_weights)
+        self.require_weights = str2bool(require_weights)
         self.device = torch.device(device)
         self.threshold = float(threshold)
-        self.overwrite = as_bool(overwrite)
-        self.baseline = as_bool(baseline)
+        self.overwrite = str2bool(overwrite)
+        self.baseline = str2bool(baseline)
         self.settings = dict(settings or {})
         self.rows: list[dict[str, Any]] = []
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import MetaTensor
+from monai.utils import str2bool
 
 from .inferer import PREDICTED_IOU_KEY
 from .io import (
@@ -51,18 +52,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
-
-
-def as_bool(value: Any) -> bool:
-    """Interpret a config or command-line value (``--overwrite false`` arrives as the string ``"false"``)."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("true", "1", "yes", "on"):
-            return True
-        if v in ("false", "0", "no", "off", "none", ""):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}.")
-    return bool(value)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -136,11 +125,11 @@ class FolderInference:
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.ckpt_path = ckpt_path
-        self.require_weights = as_bool(require_weights)
+        self.require_weights = str2bool(require_weights)
         self.clicks_file = clicks_file
         self.device = torch.device(device)
-        self.overwrite = as_bool(overwrite)
-        self.fail_on_error = as_bool(fail_on_error)
+        self.overwrite = str2bool(overwrite)
+        self.fail_on_error = str2bool(fail_on_error)
         self.settings = dict(settings or {})
         self.results: list[dict[str, Any]] = []
 
@@ -286,12 +275,12 @@ class FolderInference:
         try:
             return self.run()
         except RuntimeError as e:
-            if as_bool(debug):
+            if str2bool(debug):
                 raise
             logger.error("%s", e)
             raise SystemExit(1) from None
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
-            if as_bool(debug):
+            if str2bool(debug):
                 raise
             logger.error("%s", _root_cause(e))
             raise SystemExit(2) from None

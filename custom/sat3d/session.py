@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import compute_importance_map
+from monai.utils import str2bool
 
 from .constants import MASK_THRESHOLD
 from .inferer import clicks_in_window
@@ -123,9 +124,9 @@ class InteractiveSession:
         self.mode = mode
         self.device = torch.device(device)
         self.threshold = float(threshold)
-        self.eager = bool(eager)
+        self.eager = str2bool(eager)
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-        self.clicked_windows_only = bool(clicked_windows_only) or not self.protocol.automatic
+        self.clicked_windows_only = str2bool(clicked_windows_only) or not self.protocol.automatic
         self.window_intensity = window_intensity
         self.encode_batch_size = max(int(encode_batch_size), 1)
         self._image: torch.Tensor | None = None
