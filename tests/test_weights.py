@@ -135,7 +135,6 @@ def test_thresholds_have_one_definition():
     from sat3d.evaluation import InteractiveEvaluation
     from sat3d.losses import GeneratorLoss
     from sat3d.session import InteractiveSession
-    from sat3d.transforms import SplitPredictiond
     from sat3d.weights import DEFAULT_CONFIG
 
     def default(fn, name):
@@ -144,8 +143,7 @@ def test_thresholds_have_one_definition():
     assert default(build_sat3d, "confidence_threshold") == default(SAT3D.__init__, "confidence_threshold") == CONFIDENCE_THRESHOLD
     assert default(GeneratorLoss.__init__, "threshold") == CONFIDENCE_THRESHOLD
     for fn, name in ((GeneratorLoss.__init__, "mask_threshold"), (SAT3DTrainer.__init__, "mask_threshold"),
-                     (InteractiveSession.__init__, "threshold"), (InteractiveEvaluation.__init__, "threshold"),
-                     (SplitPredictiond.__init__, "threshold")):
+                     (InteractiveSession.__init__, "threshold"), (InteractiveEvaluation.__init__, "threshold")):
         assert default(fn, name) == MASK_THRESHOLD, fn.__qualname__
     assert DEFAULT_CONFIG["confidence_threshold"] == CONFIDENCE_THRESHOLD and DEFAULT_CONFIG["mask_threshold"] == MASK_THRESHOLD
     train = json.loads((BUNDLE / "configs" / "train.json").read_text())

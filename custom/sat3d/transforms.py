@@ -12,9 +12,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
-from .constants import MASK_THRESHOLD
-
-__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "SplitPredictiond", "ClicksFromRequestd"]
+__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd"]
 
 
 class ValidateVolumed(MapTransform):
@@ -162,42 +160,6 @@ class IntensityNormalized(MapTransform):
         return d
 
 
-class SplitPredictiond(MapTransform):
-    """Split the inferer's ``(2, ...)`` output into a binary mask and a confidence map.
-
-    Channel 0 (logits) becomes ``sigmoid > threshold`` as uint8 under the same key; channel 1 (critic
-    confidence in [0, 1]) goes to ``confidence_key``.  Metadata are kept on both.
-
-    Args:
-        keys: key of the inferer output.
-        threshold: probability threshold of the mask.
-        confidence_key: where to put the confidence map.
-    """
-
-    def __init__(self, keys: KeysCollection, threshold: float = MASK_THRESHOLD, confidence_key: str = "confidence") -> None:
-        super().__init__(keys)
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-        self.threshold = float(threshold)
-        self.confidence_key = confidence_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            pred = d[key]
-            if pred.ndim != 4 or pred.shape[0] != 2:
-                raise ValueError(f"expected a (2, X, Y, Z) logits+confidence output under {key!r}, got {tuple(pred.shape)}.")
-            mask = (torch.sigmoid(pred[:1].float()) > self.threshold).to(torch.uint8)
-            conf = pred[1:2].float().clamp(0.0, 1.0)
-            d[key] = mask
-            d[self.confidence_key] = conf
-            if isinstance(pred, MetaTensor) and not isinstance(conf, MetaTensor):
-                d[key] = MetaTensor(mask, meta=dict(pred.meta))
-                d[self.confidence_key] = MetaTensor(conf, meta=dict(pred.meta))
-        return d
-
-
-#: metadata key under which :class:`ClicksFromRequestd` stores clicks in preprocessed voxel coordinates.
 CLICKS_META_KEY = "sat3d_clicks"
 
 
