@@ -310,3 +310,22 @@ def test_clicks_reach_the_network_in_a_bundle_run(tmp_path):
     a = nib.load(str(auto / "a_confidence.nii.gz")).get_fdata()
     c = nib.load(str(clicked / "a_confidence.nii.gz")).get_fdata()
     assert a.shape == c.shape and not np.allclose(a, c, atol=1e-4), "the click changed nothing: the network did not see it"
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_monai_workflow_properties_and_standard_run_ids(tmp_path, config):
+    """MONAI's ConfigWorkflow drives the bundle: initialize, the required inference properties (bundle_root,
+    device, dataset_dir, dataset, evaluator, network_def, inferer), the standard 'run' id, and the README's
+    run id ('inference' / 'evaluate') resolving to the same steps."""
+    from monai.bundle import ConfigWorkflow
+
+    img, lab, aff = make_sphere_volume()
+    _save(tmp_path / "a.nii.gz", img, aff)
+    _save(tmp_path / "a_seg.nii.gz", lab.astype(np.uint8), aff)
+    (tmp_path / "datalist.json").write_text(json.dumps({"validation": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}]}))
+    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / config), meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                        workflow_type="infer", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path), output_dir=str(tmp_path / "o"))
+    wf.initialize()
+    assert wf.check_properties() == []
+    legacy = config.split(".")[0]
+    assert wf.parser[legacy] == "@run" and isinstance(wf.parser["run"], list)

@@ -30,7 +30,7 @@ def run_folder(data: Path, out: Path, clicks: Path | None = None, **over) -> lis
     for k, v in {"dataset_dir": str(data), "output_dir": str(out), "clicks_file": str(clicks) if clicks else None, **TINY, **over}.items():
         cp[k] = v
     torch.manual_seed(0)
-    return cp.get_parsed_content("runner").run()
+    return cp.get_parsed_content("evaluator").run()
 
 
 def _volume(shape=(12, 14, 10), seed=0):

@@ -265,6 +265,13 @@ class FolderInference:
             raise RuntimeError(f"{len(failed)} of {total} files failed (the others were written):\n{lines}")
         return self.results
 
+    def input_files(self) -> list[dict[str, str]]:
+        """The volumes this run segments, ``[{"image": path}, ...]`` (the bundle's ``dataset``); files that
+        cannot be listed (broken links, colliding case names) are reported by :meth:`run`, not here."""
+        same = self.output_dir.resolve() == self.dataset_dir.resolve() if self.dataset_dir.exists() else False
+        files, _ = list_volumes(self.dataset_dir, exclude_outputs=same)
+        return [{"image": str(p)} for p in files]
+
     def main(self, debug: bool | str = False) -> list[dict[str, Any]]:
         """Entry point of ``monai.bundle run inference``: :meth:`run` with errors as plain log lines.
 
