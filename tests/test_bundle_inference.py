@@ -329,3 +329,43 @@ def test_monai_workflow_properties_and_standard_run_ids(tmp_path, config):
     assert wf.check_properties() == []
     legacy = config.split(".")[0]
     assert wf.parser[legacy] == "@run" and isinstance(wf.parser["run"], list)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_training_evaluation_and_inference_preprocess_a_volume_identically(tmp_path, dtype):
+    """Catches drift between the four load/orient/resample/normalise chains (train, validation, evaluate,
+    inference): an oblique, anisotropic CT-like volume must come out bit-identical (image and affine) from the
+    deterministic part of each."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    rng = np.random.default_rng(0)
+    img = np.full((40, 36, 22), -1000.0, np.float32)
+    img[8:32, 6:30, 4:18] = rng.normal(40, 15, (24, 24, 14))
+    aff = np.array([[-0.9, 0.1, 0, 20.0], [0.05, 1.1, 0, -5.0], [0, 0, 2.5, 3.0], [0, 0, 0, 1]])
+    lab = (img > 60).astype(np.uint8)
+    _save(tmp_path / "ct.nii.gz", img.astype(dtype), aff)
+    _save(tmp_path / "ct_seg.nii.gz", lab, aff)
+    item = {"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "ct_seg.nii.gz")}
+    outputs = {}
+    for config, key in (("train.json", "train_transforms"), ("train.json", "val_transforms"),
+                        ("evaluate.json", "preprocessing"), ("inference.json", "preprocessing")):
+        cp = ConfigParser()
+        cp.read_config(str(BUNDLE / "configs" / config))
+        cp.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
+                   "require_weights": False})
+        chain = cp.get_parsed_content(key).transforms
+        shared = []
+        for t in chain:  # the model's preprocessing: up to the first transform that is about the label or random
+            if type(t).__name__ in ("SelectTargetd", "RandSelectTargetd", "ClicksFromRequestd", "EnsureTyped"):
+                break
+            shared.append(t)
+        out = Compose(shared)(dict(item) if config != "inference.json" else {"image": item["image"]})["image"]
+        outputs[f"{config}:{key}"] = (out.as_tensor().float(), np.asarray(out.affine))
+    names = list(outputs)
+    assert len(names) == 4
+    ref_img, ref_aff = outputs[names[0]]
+    for n in names[1:]:
+        assert outputs[n][0].shape == ref_img.shape, n
+        assert torch.equal(outputs[n][0], ref_img), f"{n} preprocesses differently from {names[0]}"
+        np.testing.assert_allclose(outputs[n][1], ref_aff, err_msg=n)
