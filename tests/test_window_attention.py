@@ -42,3 +42,27 @@ def test_encoder_with_fast_layers_equals_monai_layers():
     with torch.no_grad():
         assert torch.allclose(fast(x), ref(x), atol=1e-4)
         assert torch.allclose(fast(x), ref(x), atol=1e-4)  # second call uses the cached mask
+
+
+def test_layer_swaps_in_our_module_with_the_same_parameters_and_caches_forms_without_tensor_attributes():
+    """No ``__class__`` swap and nothing stored on tensors: MONAI's block calls our attention module, which
+    holds the very parameter objects MONAI built (names unchanged), and the layer's mask forms are found
+    by the mask the layer handed out."""
+    from monai.networks.nets.swin_unetr import BasicLayer
+
+    torch.manual_seed(0)
+    kw = dict(dim=24, depth=2, num_heads=3, window_size=(4, 4, 4), drop_path=[0.0, 0.0], qkv_bias=True)
+    layer = CachedMaskBasicLayer(**kw)
+    ref = BasicLayer(**kw)
+    assert layer.state_dict().keys() == ref.state_dict().keys()
+    assert all(type(b.attn) is GroupedWindowAttention for b in layer.blocks)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 24, 8, 12, 8)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), ref(x), atol=1e-5)
+    (mask,) = layer._masks.values()
+    assert not hasattr(mask, "_sat3d_forms")
+    forms, which = layer.blocks[1].attn.mask_forms(mask)
+    assert forms.shape[0] <= 8 and which.shape[0] == mask.shape[0]
+    layer.blocks[0].attn.qkv.weight.data.zero_()  # the block's module holds the layer's parameter itself
+    assert float(layer.state_dict()["blocks.0.attn.qkv.weight"].abs().sum()) == 0.0

@@ -17,11 +17,31 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.nets.swin_unetr import BasicLayer, WindowAttention, compute_mask, get_window_size
 
-__all__ = ["GroupedWindowAttention", "CachedMaskBasicLayer"]
+__all__ = ["GroupedWindowAttention", "CachedMaskBasicLayer", "MaskForms"]
 
 
 class GroupedWindowAttention(WindowAttention):
-    """``WindowAttention`` that runs windows grouped by their shift-mask form (same parameters)."""
+    """``WindowAttention`` that runs windows grouped by their shift-mask form (same parameters).
+
+    The forms of a mask come from ``mask_forms`` (a lookup its :class:`CachedMaskBasicLayer` shares), or are
+    computed on the call when it is not given.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mask_forms: MaskForms | None = None
+
+    @classmethod
+    def like(cls, attn: WindowAttention) -> "GroupedWindowAttention":
+        """A :class:`GroupedWindowAttention` with ``attn``'s settings and its very parameters and buffers."""
+        new = cls.__new__(cls)
+        torch.nn.Module.__init__(new)
+        new.__dict__.update({k: v for k, v in attn.__dict__.items() if k not in ("_parameters", "_buffers", "_modules")})
+        new._parameters = dict(attn._parameters)
+        new._buffers = dict(attn._buffers)
+        new._modules = dict(attn._modules)
+        new.mask_forms = None
+        return new
 
     def _bias(self, n: int) -> torch.Tensor:
         table = self.relative_position_bias_table
@@ -40,7 +60,7 @@ class GroupedWindowAttention(WindowAttention):
         bias = self._bias(n).unsqueeze(0).to(x.dtype)  # (1, heads, n, n)
         if mask is None:
             return self._attend(x, bias)
-        forms, form_of_window = _mask_forms(mask)
+        forms, form_of_window = self.mask_forms(mask) if self.mask_forms is not None else _mask_forms(mask)
         window_form = form_of_window.repeat(b // mask.shape[0])
         out = None
         for f in range(forms.shape[0]):
@@ -55,12 +75,26 @@ class GroupedWindowAttention(WindowAttention):
 
 
 def _mask_forms(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    cached = getattr(mask, "_sat3d_forms", None)
-    if cached is None:
-        forms, inverse = torch.unique(mask.flatten(1), dim=0, return_inverse=True)
-        cached = (forms.view(-1, *mask.shape[1:]), inverse)
-        mask._sat3d_forms = cached  # type: ignore[attr-defined]
-    return cached
+    """The distinct forms of a ``(windows, n, n)`` shift mask and the form of each window."""
+    forms, inverse = torch.unique(mask.flatten(1), dim=0, return_inverse=True)
+    return forms.view(-1, *mask.shape[1:]), inverse
+
+
+class MaskForms:
+    """The forms of the shift masks a layer caches, looked up by the mask object the layer hands its blocks."""
+
+    def __init__(self) -> None:
+        self._forms: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, mask: torch.Tensor) -> None:
+        self._forms[id(mask)] = (mask, _mask_forms(mask))  # keeps the mask alive, so its id stays its own
+
+    def clear(self) -> None:
+        self._forms.clear()
+
+    def __call__(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self._forms.get(id(mask))
+        return hit[1] if hit is not None and hit[0] is mask else _mask_forms(mask)
 
 
 class CachedMaskBasicLayer(BasicLayer):
@@ -68,16 +102,20 @@ class CachedMaskBasicLayer(BasicLayer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for blk in self.blocks:
-            blk.attn.__class__ = GroupedWindowAttention  # same parameters and buffers, different forward
         self._masks: dict[tuple, torch.Tensor] = {}
+        self._forms = MaskForms()
+        for blk in self.blocks:  # our attention module in MONAI's block, holding the same parameter objects
+            blk.attn = GroupedWindowAttention.like(blk.attn)
+            blk.attn.mask_forms = self._forms
 
     def _mask(self, dims: tuple[int, int, int], window_size, shift_size, device) -> torch.Tensor:
         key = (dims, tuple(window_size), tuple(shift_size), str(device))
         if key not in self._masks:
             if len(self._masks) > 8:
                 self._masks.clear()
+                self._forms.clear()
             self._masks[key] = compute_mask(list(dims), window_size, shift_size, device)
+            self._forms.add(self._masks[key])
         return self._masks[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
