@@ -16,7 +16,9 @@ import pytest
 import torch
 from conftest import BUNDLE, SHARED, make_sphere_volume
 from monai.bundle import ConfigParser, verify_metadata
-from sat3d.io import clicks_to_voxels, load_clicks_file, mask_statistics, write_nifti_atomic
+from sat3d.atomic import write_nifti_atomic
+from sat3d.clicks import clicks_to_voxels, load_clicks_file
+from sat3d.measures import mask_statistics
 
 TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--require_weights", "false"]
 
@@ -204,12 +206,12 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     write_nifti_atomic(np.zeros((4, 4, 4)), np.eye(4), target)
     with pytest.raises(FileExistsError):
         write_nifti_atomic(np.zeros((4, 4, 4)), np.eye(4), target)
-    import sat3d.io
+    import sat3d.atomic
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sat3d.io.nib, "save", boom)
+    monkeypatch.setattr(sat3d.atomic.nib, "save", boom)
     with pytest.raises(OSError, match="disk full"):
         write_nifti_atomic(np.ones((4, 4, 4)), np.eye(4), tmp_path / "y.nii.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nii.gz"]
@@ -218,7 +220,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 def test_atomic_write_partial_bytes_leave_no_target(tmp_path):
     """Catches a non-atomic write: a writer that writes part of the file and then fails leaves no target
     (and no temporary file), and an existing target keeps its old content."""
-    from sat3d.io import atomic_path
+    from sat3d.atomic import atomic_path
 
     target = tmp_path / "z.nii.gz"
     with pytest.raises(OSError, match="disk full"):

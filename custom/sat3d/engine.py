@@ -15,9 +15,9 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from monai.utils import str2bool
 
+from .atomic import atomic_path
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .constants import MASK_THRESHOLD
-from .io import atomic_path
 from .losses import CriticLoss, GeneratorLoss
 from .protocols import Sat3dProtocol, StepState
 

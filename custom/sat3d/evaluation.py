@@ -20,9 +20,10 @@ from monai.metrics import (
 )
 from monai.utils import str2bool
 
+from .atomic import atomic_path, write_text_atomic
 from .click_simulation import next_click_volume
 from .constants import MASK_THRESHOLD
-from .io import atomic_path, case_name, write_text_atomic
+from .volumes import case_name
 from .weights import load_weights
 
 __all__ = ["segmentation_metrics", "InteractiveEvaluation"]

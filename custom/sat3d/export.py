@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import sat3d
-from sat3d.io import current_umask
+from sat3d.atomic import current_umask
 
 __all__ = ["export_bundle", "default_bundle_dir"]
 

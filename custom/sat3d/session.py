@@ -460,7 +460,7 @@ class FileSession:
 
     def add_click(self, coord: Sequence[float], positive: bool = True, space: str = "voxel") -> None:
         """Add a click at ``coord`` in the file's ``"voxel"`` indices or ``"world"`` RAS mm coordinates."""
-        from .io import clicks_to_voxels
+        from .clicks import clicks_to_voxels
 
         img = self._require()
         if space not in ("voxel", "world"):

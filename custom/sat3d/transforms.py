@@ -221,7 +221,7 @@ class ClicksFromRequestd(MapTransform):
         return points
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from .io import clicks_to_voxels, load_click_entry
+        from .clicks import clicks_to_voxels, load_click_entry
 
         d = dict(data)
         fg, bg = self._positive(d), d.get(self.background_key) or []

@@ -100,7 +100,7 @@ def optional_path(value: Any) -> Path | None:
 def save_weights(network_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | Path,
                  config: Mapping[str, Any], half: bool = True) -> Path:
     """Write a weights file atomically (see :mod:`sat3d.weights`); ``half`` stores float tensors as float16."""
-    from .io import atomic_path
+    from .atomic import atomic_path
 
     state = network_or_state.state_dict() if isinstance(network_or_state, torch.nn.Module) else dict(network_or_state)
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())

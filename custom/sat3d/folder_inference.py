@@ -20,19 +20,12 @@ import torch.distributed as dist
 from monai.data import MetaTensor
 from monai.utils import str2bool
 
+from .atomic import remove_stale_temporaries, write_nifti_atomic, write_text_atomic
+from .clicks import load_clicks_file
 from .inferer import PREDICTED_IOU_KEY
-from .io import (
-    case_name,
-    geometry_problem,
-    list_volumes,
-    load_clicks_file,
-    mask_statistics,
-    remove_stale_temporaries,
-    world_is_defined,
-    write_nifti_atomic,
-    write_text_atomic,
-)
+from .measures import mask_statistics
 from .transforms import CLICKS_META_KEY
+from .volumes import case_name, geometry_problem, list_volumes, world_is_defined
 from .weights import load_weights
 
 __all__ = ["FolderInference"]
@@ -91,7 +84,7 @@ class FolderInference:
             ``pred`` into mask and ``confidence``.
         ckpt_path: weights file; see :func:`sat3d.weights.load_weights`.
         require_weights: fail when ``ckpt_path`` is missing (false only for tests).
-        clicks_file: optional JSON clicks file, see :func:`sat3d.io.load_clicks_file`.
+        clicks_file: optional JSON clicks file, see :func:`sat3d.clicks.load_clicks_file`.
         device: device of the network.
         overwrite: replace existing outputs.
         fail_on_error: raise at the end if any file failed (after processing all of them).
