@@ -182,7 +182,8 @@ def test_every_monailabel_click_form_is_read(request_form):
     assert out["points"].tolist() == [[5.0, 6.0, 7.0], [20.0, 3.0, 4.0]] and out["labels"].tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("value, expected", [("false", False), ("False", False), ("true", True), (False, False), (True, True)])
+@pytest.mark.parametrize("value, expected", [("false", False), ("False", False), ("true", True), (False, False), (True, True),
+                                             (1, True), (0, False)])
 def test_boolean_settings_from_the_command_line(value, expected):
     """``--clicked_windows_only false`` arrives as the string 'false', which bool() would take as true."""
     from sat3d.inferer import SAT3DInferer
@@ -190,5 +191,6 @@ def test_boolean_settings_from_the_command_line(value, expected):
 
     assert SAT3DInferer((32, 32, 32), clicked_windows_only=value).clicked_windows_only is expected
     assert InteractiveSession(build_sat3d("sat3d_tiny"), clicked_windows_only=value, eager=value).eager is expected
-    with pytest.raises(ValueError):
-        SAT3DInferer((32, 32, 32), clicked_windows_only="maybe")
+    for bad in ("maybe", None):
+        with pytest.raises(ValueError):
+            SAT3DInferer((32, 32, 32), clicked_windows_only=bad)

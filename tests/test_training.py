@@ -77,6 +77,15 @@ def test_interior_clicks_fall_deep_inside_the_largest_component():
     assert lab.tolist() == [[1]] and all(4 <= c <= 10 for c in pts[0, 0].long().tolist())
     with pytest.raises(ValueError, match="click sampling"):
         sample_error_clicks(pred, region[None, None].float(), g, where="edge")
+    # many scattered false alarms (more voxels in all) against one large miss: the user clicks the miss
+    gt = torch.zeros(1, 1, 24, 24, 24)
+    gt[0, 0, 2:10, 2:10, 2:10] = 1  # 512 missed voxels in one component
+    scattered = torch.zeros_like(gt)
+    scattered[0, 0, 12::2, ::2, ::2] = 1  # 6 x 12 x 12 = 864 isolated false-alarm voxels
+    _, lab = sample_error_clicks(scattered, gt, g, where="interior")
+    assert lab.tolist() == [[1]]
+    _, lab = sample_error_clicks(scattered, gt, g, where="uniform")
+    assert lab.tolist() == [[0]]  # the paper's rule: the larger error region
 
 
 def test_first_clicks_are_positive_inside_the_tumour_or_absent():

@@ -5,8 +5,11 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["find_bundle_root"]
+from monai.utils import str2bool
+
+__all__ = ["find_bundle_root", "flag"]
 
 
 def find_bundle_root(default: str = ".", argv: list[str] | None = None) -> str:
@@ -38,3 +41,13 @@ def find_bundle_root(default: str = ".", argv: list[str] | None = None) -> str:
         cfg_dir = Path(value).resolve().parent
         return str(cfg_dir.parent if cfg_dir.name == "configs" else cfg_dir)
     return default
+
+
+def flag(value: Any) -> bool:
+    """A config or command-line boolean through :func:`monai.utils.str2bool`.
+
+    The command line delivers ``--overwrite false`` as the string ``"false"`` and ``--overwrite 1`` as the
+    int 1; both are read as str2bool reads their text.  Anything else (``None``, ``"maybe"``) is a
+    ``ValueError`` naming the value.
+    """
+    return value if isinstance(value, bool) else str2bool(str(value).strip())

@@ -36,9 +36,17 @@ def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = Non
         sizes = ndimage.sum_labels(r, comps, index=np.arange(1, n + 1))
         r = comps == int(np.argmax(sizes)) + 1
     dist = ndimage.distance_transform_edt(np.pad(r, 1))[1:-1, 1:-1, 1:-1]
-    idx = np.argwhere(dist >= depth * dist.max())
+    idx = np.argwhere(r & (dist >= depth * dist.max()))
     k = int(torch.randint(len(idx), (1,), generator=generator))
     return torch.as_tensor(idx[k], dtype=torch.float32)
+
+
+def _largest_component_size(region: torch.Tensor) -> int:
+    r = region.detach().cpu().numpy().astype(bool)
+    if not r.any():
+        return 0
+    comps, n = ndimage.label(r)
+    return int(ndimage.sum_labels(r, comps, index=np.arange(1, n + 1)).max())
 
 
 def sample_first_clicks(
@@ -83,8 +91,9 @@ def sample_error_clicks(
         pred: ``(B, 1, D, H, W)`` binary prediction.
         target: ``(B, 1, D, H, W)`` binary ground truth.
         generator: random generator (on CPU) for reproducibility.
-        where: ``"uniform"``: any voxel of the region; ``"interior"``: deep inside its largest connected
-            component (:func:`interior_voxel`), as a user corrects the biggest mistake.
+        where: ``"uniform"``: any voxel of the larger error region; ``"interior"``: deep inside the largest
+            connected error component of either sign (:func:`interior_voxel`), as a user corrects the biggest
+            mistake.
         depth: see :func:`interior_voxel` (``where="interior"`` only).
 
     Returns:
@@ -103,6 +112,8 @@ def sample_error_clicks(
         n_fn, n_fp = int(fn[i].sum()), int(fp[i].sum())
         if n_fn == 0 and n_fp == 0:
             continue
+        if where == "interior":  # the sign of the largest error component, as the evaluation's user
+            n_fn, n_fp = _largest_component_size(fn[i, 0]), _largest_component_size(fp[i, 0])
         region, lab = (fn[i, 0], 1) if n_fn >= n_fp else (fp[i, 0], 0)
         if where == "interior":
             points[i, 0] = interior_voxel(region, generator, depth)

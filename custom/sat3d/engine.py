@@ -13,9 +13,9 @@ from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
-from monai.utils import str2bool
 
 from .atomic import atomic_path
+from .bundle_utils import flag
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .constants import MASK_THRESHOLD
 from .losses import CriticLoss, GeneratorLoss
@@ -77,6 +77,8 @@ class SAT3DTrainer(SupervisedTrainer):
         first_click_prob: probability that a sample with tumour starts (step 1) from one positive click
             deep inside the tumour instead of no prompt (0: the paper's schedule, step 1 automatic).  A
             curriculum for small compute: the click tells the decoder where to look from the first step.
+            With batch size > 1, samples drawn without a click get a padding point (and, with
+            ``click_prompt_radius``, an empty painted prompt) instead of the automatic mode's "no prompt".
         click_sampling: where the error clicks are drawn, ``"uniform"`` (any error voxel, the paper) or
             ``"interior"`` (deep inside the largest error component, as the evaluation's user clicks).
         click_prompt_radius: clicks are also painted into the dense mask prompt (see
@@ -330,7 +332,7 @@ class TrainingCheckpoints:
 
         A run that already reached ``max_epochs`` is not restarted from scratch: it logs that and returns.
         """
-        if not self.resume(trainer, str2bool(resume)) and self.init_weights:
+        if not self.resume(trainer, flag(resume)) and self.init_weights:
             from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
 
             expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}

@@ -18,9 +18,9 @@ from monai.metrics import (
     compute_hausdorff_distance,
     compute_iou,
 )
-from monai.utils import str2bool
 
 from .atomic import atomic_path, write_text_atomic
+from .bundle_utils import flag
 from .click_simulation import next_click_volume
 from .constants import MASK_THRESHOLD
 from .volumes import case_name
@@ -113,11 +113,11 @@ class InteractiveEvaluation:
         self.inferer = inferer
         self.clicks = sorted({int(k) for k in clicks})
         self.ckpt_path = ckpt_path
-        self.require_weights = str2bool(require_weights)
+        self.require_weights = flag(require_weights)
         self.device = torch.device(device)
         self.threshold = float(threshold)
-        self.overwrite = str2bool(overwrite)
-        self.baseline = str2bool(baseline)
+        self.overwrite = flag(overwrite)
+        self.baseline = flag(baseline)
         self.settings = dict(settings or {})
         self.rows: list[dict[str, Any]] = []
 

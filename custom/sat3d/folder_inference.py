@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import MetaTensor
-from monai.utils import str2bool
 
 from .atomic import remove_stale_temporaries, write_nifti_atomic, write_text_atomic
+from .bundle_utils import flag
 from .clicks import load_clicks_file
 from .inferer import PREDICTED_IOU_KEY
 from .measures import mask_statistics
@@ -118,11 +118,11 @@ class FolderInference:
         self.inferer = inferer
         self.postprocessing = postprocessing
         self.ckpt_path = ckpt_path
-        self.require_weights = str2bool(require_weights)
+        self.require_weights = flag(require_weights)
         self.clicks_file = clicks_file
         self.device = torch.device(device)
-        self.overwrite = str2bool(overwrite)
-        self.fail_on_error = str2bool(fail_on_error)
+        self.overwrite = flag(overwrite)
+        self.fail_on_error = flag(fail_on_error)
         self.settings = dict(settings or {})
         self.results: list[dict[str, Any]] = []
 
@@ -272,15 +272,16 @@ class FolderInference:
         already named one line each, so the run ends with the summary as its last line and exits with
         status 1 (``fail_on_error``).  ``debug`` re-raises with the traceback.
         """
+        debug = flag(debug)
         try:
             return self.run()
         except RuntimeError as e:
-            if str2bool(debug):
+            if debug:
                 raise
             logger.error("%s", e)
             raise SystemExit(1) from None
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as e:
-            if str2bool(debug):
+            if debug:
                 raise
             logger.error("%s", _root_cause(e))
             raise SystemExit(2) from None

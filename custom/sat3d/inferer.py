@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.utils import str2bool
 
+from .bundle_utils import flag
 from .transforms import CLICKS_META_KEY
 
 __all__ = ["SAT3DInferer", "clicks_in_window", "PREDICTED_IOU_KEY"]
@@ -105,7 +105,7 @@ class SAT3DInferer(Inferer):
         self.mode = mode
         self.sw_device = sw_device
         self.device = device
-        self.clicked_windows_only = str2bool(clicked_windows_only)  # '--clicked_windows_only false' is a string
+        self.clicked_windows_only = flag(clicked_windows_only)  # '--clicked_windows_only false' is a string
         self.protocol = protocol
         self.window_intensity = window_intensity
         self.cache_size = int(cache_size)

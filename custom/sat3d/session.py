@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import compute_importance_map
-from monai.utils import str2bool
 
+from .bundle_utils import flag
 from .constants import MASK_THRESHOLD
 from .inferer import clicks_in_window
 from .protocols import StepState, get_protocol, protocol_of
@@ -124,9 +124,9 @@ class InteractiveSession:
         self.mode = mode
         self.device = torch.device(device)
         self.threshold = float(threshold)
-        self.eager = str2bool(eager)
+        self.eager = flag(eager)
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-        self.clicked_windows_only = str2bool(clicked_windows_only) or not self.protocol.automatic
+        self.clicked_windows_only = flag(clicked_windows_only) or not self.protocol.automatic
         self.window_intensity = window_intensity
         self.encode_batch_size = max(int(encode_batch_size), 1)
         self._image: torch.Tensor | None = None
@@ -245,7 +245,7 @@ class InteractiveSession:
             out = self.protocol.step(self.network, self._embedding(i), crop, points, labels, state)
         self._states[i] = out.state
         self.decoder_calls += 1
-        return out.logits[0, 0], out.confidence[0, 0], float(out.iou.reshape(-1)[0])
+        return out.logits[0, 0], out.confidence[0, 0], min(max(float(out.iou.reshape(-1)[0]), 0.0), 1.0)  # an IoU
 
     def _put(self, i: int, out: _WindowOut | None) -> None:
         """Replace window ``i``'s contribution to the blend (``None``: remove it)."""

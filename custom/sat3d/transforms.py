@@ -160,6 +160,7 @@ class IntensityNormalized(MapTransform):
         return d
 
 
+#: metadata key under which ClicksFromRequestd stores the clicks mapped into the preprocessed image
 CLICKS_META_KEY = "sat3d_clicks"
 
 
