@@ -205,7 +205,9 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
         msg = (
             f"no SAT3D weights at {path}. No trained weights are shipped yet (see bundle/docs/README.md): "
             "pass --ckpt_path to weights you trained with the train workflow, or to the authors' published SAT3D "
-            "weights converted with 'python -m sat3d.convert'. "
+            "weights converted with 'python -m sat3d.convert', or, to try the experimental CPU-trained weights "
+            "(below a usable model on the demo; see the model card), to "
+            "bundle/models/experimental/sat3d_cpu_run9.pt. "
             "Set require_weights to false only for testing with random weights."
         )
         if require:
