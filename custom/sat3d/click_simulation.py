@@ -12,6 +12,17 @@ __all__ = ["sample_error_clicks", "sample_first_clicks", "interior_voxel", "next
 CLICK_SAMPLING = ("uniform", "interior")
 
 
+def _largest_component(region: torch.Tensor) -> tuple[np.ndarray, int]:
+    """The largest connected component of a boolean map (as a numpy mask) and its size (0 when empty)."""
+    r = region.detach().cpu().numpy().astype(bool)
+    if not r.any():
+        return r, 0
+    comps, n = ndimage.label(r)
+    sizes = ndimage.sum_labels(r, comps, index=np.arange(1, n + 1))
+    k = int(np.argmax(sizes))
+    return comps == k + 1, int(sizes[k])
+
+
 def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = None, depth: float = 0.5) -> torch.Tensor:
     """A random voxel deep inside the largest connected component of ``region`` (a user's click).
 
@@ -28,25 +39,13 @@ def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = Non
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}.")
-    r = region.detach().cpu().numpy().astype(bool)
-    if not r.any():
+    r, size = _largest_component(region)
+    if not size:
         raise ValueError("interior_voxel needs a non-empty region.")
-    comps, n = ndimage.label(r)
-    if n > 1:
-        sizes = ndimage.sum_labels(r, comps, index=np.arange(1, n + 1))
-        r = comps == int(np.argmax(sizes)) + 1
     dist = ndimage.distance_transform_edt(np.pad(r, 1))[1:-1, 1:-1, 1:-1]
     idx = np.argwhere(r & (dist >= depth * dist.max()))
     k = int(torch.randint(len(idx), (1,), generator=generator))
     return torch.as_tensor(idx[k], dtype=torch.float32)
-
-
-def _largest_component_size(region: torch.Tensor) -> int:
-    r = region.detach().cpu().numpy().astype(bool)
-    if not r.any():
-        return 0
-    comps, n = ndimage.label(r)
-    return int(ndimage.sum_labels(r, comps, index=np.arange(1, n + 1)).max())
 
 
 def sample_first_clicks(
@@ -113,7 +112,7 @@ def sample_error_clicks(
         if n_fn == 0 and n_fp == 0:
             continue
         if where == "interior":  # the sign of the largest error component, as the evaluation's user
-            n_fn, n_fp = _largest_component_size(fn[i, 0]), _largest_component_size(fp[i, 0])
+            n_fn, n_fp = _largest_component(fn[i, 0])[1], _largest_component(fp[i, 0])[1]
         region, lab = (fn[i, 0], 1) if n_fn >= n_fp else (fp[i, 0], 0)
         if where == "interior":
             points[i, 0] = interior_voxel(region, generator, depth)
