@@ -212,6 +212,62 @@ def test_first_click_curriculum_starts_from_a_positive_click_inside_the_tumour()
         _trainer(build_sat3d("sat3d_tiny"), [], click_sampling="edge")
 
 
+def test_target_rows_union_then_single_instances():
+    from sat3d.engine import target_rows
+
+    lab = torch.zeros(2, 1, 16, 16, 16)
+    lab[0, 0, 1:4, 1:4, 1:4] = 1
+    lab[0, 0, 6:9, 6:9, 6:9] = 2
+    lab[0, 0, 11:14, 11:14, 11:14] = 3
+    g = torch.Generator().manual_seed(0)
+    src, rows, inst = target_rows(lab, 1, g)
+    assert src.tolist() == [0, 1] and not inst.any() and torch.equal(rows, (lab > 0).float())
+    src, rows, inst = target_rows(lab, 3, g)
+    assert src.tolist() == [0, 1, 0, 0] and inst.tolist() == [False, False, True, True]
+    picked = [int(lab[0, 0][rows[r, 0] > 0].unique().item()) for r in (2, 3)]
+    assert len(set(picked)) == 2 and set(picked) <= {1, 2, 3}, "each extra row is one distinct instance"
+    for r in (2, 3):
+        assert torch.equal(rows[r, 0] > 0, lab[0, 0] == picked[r - 2])
+    src, rows, inst = target_rows(lab, 10, g)  # fewer instances than asked: one row each
+    assert src.tolist() == [0, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="targets_per_crop"):
+        target_rows(lab, 0)
+
+
+def test_several_targets_per_crop_share_one_encoding_and_start_from_their_click():
+    from sat3d.protocols import Sat3dProtocol
+
+    seen = []
+
+    class Recording(Sat3dProtocol):
+        def step(self, network, embedding, image, points=None, labels=None, state=None, detach_feedback=True):
+            seen.append((embedding.shape[0], points.clone(), labels.clone(), state.mask_prompt is None))
+            return super().step(network, embedding, image, points, labels, state, detach_feedback)
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_tiny")
+    lab = torch.zeros(1, 1, 32, 32, 32)
+    lab[:, :, 4:12, 4:12, 4:12] = 1
+    lab[:, :, 18:28, 18:28, 18:28] = 2
+    encodes = []
+    net.image_encoder.register_forward_hook(lambda *a: encodes.append(1))
+    trainer, _, copt = _trainer(net, [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab}], targets_per_crop=3)
+    trainer.protocol = Recording()
+    trainer.run()
+    assert len(encodes) == 1, "the crop is encoded once for all its targets"
+    # step 1: the union row in the automatic mode (no point at all), then the two instance rows from a click
+    (n_auto, p_auto, l_auto, fresh_a), (n_click, p_click, l_click, fresh_c) = seen[:2]
+    assert (n_auto, p_auto.shape[1], fresh_a) == (1, 0, True) and (n_click, fresh_c) == (2, True)
+    assert l_click[:, 0].tolist() == [1, 1]
+    clicked = sorted(int(lab[0, 0][tuple(p.long().tolist())]) for p in p_click[:, 0])
+    assert clicked == [1, 2], "each instance row's first click lies in its own instance"
+    # later steps: all three rows together, one more click each
+    assert [(n, p.shape[1]) for n, p, _, _ in seen[2:]] == [(3, 2), (3, 3)]
+    assert trainer.state.output["label"].shape[0] == 3
+    with pytest.raises(ValueError, match="targets_per_crop"):
+        _trainer(build_sat3d("sat3d_tiny"), [], targets_per_crop=0)
+
+
 def test_gradient_accumulation_steps_every_n_iterations():
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")

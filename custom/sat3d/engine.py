@@ -19,9 +19,9 @@ from .bundle_utils import flag
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .constants import MASK_THRESHOLD
 from .losses import CriticLoss, GeneratorLoss
-from .protocols import Sat3dProtocol, StepState
+from .protocols import Sat3dProtocol, StepOutput, StepState
 
-__all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients"]
+__all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients", "target_rows"]
 
 logger = logging.getLogger("sat3d.train")
 
@@ -49,6 +49,43 @@ def average_gradients(params) -> None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         p.grad.div_(world)
+
+
+def target_rows(labels: torch.Tensor, targets_per_crop: int, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training targets of a batch of crops whose labels hold instance values (0 background, 1, 2, ...).
+
+    Row ``b`` of each sample is its union target (every labelled voxel: what the automatic mode must find).
+    With ``targets_per_crop`` > 1, up to ``targets_per_crop - 1`` further rows per sample take one instance
+    each (drawn without replacement), as SAM trains several prompts on one image embedding: the image is
+    encoded once and the cheap prompt steps run for every row.  A crop with fewer instances gets fewer rows.
+
+    Args:
+        labels: ``(B, 1, D, H, W)`` instance labels (a binary label is one instance).
+        targets_per_crop: rows per crop at most (>= 1).
+        generator: random generator (on CPU) for the choice of instances.
+
+    Returns:
+        ``source`` ``(R,)`` the crop of each row, ``targets`` ``(R, 1, D, H, W)`` binary, ``instance``
+        ``(R,)`` bool (True for single-instance rows, which always start from a click on their instance).
+    """
+    if targets_per_crop < 1:
+        raise ValueError(f"targets_per_crop must be >= 1, got {targets_per_crop}.")
+    union = (labels > 0.5).to(torch.float32)
+    source, rows, inst = list(range(labels.shape[0])), [union], [False] * labels.shape[0]
+    if targets_per_crop > 1:
+        for b in range(labels.shape[0]):
+            ids = torch.unique(torch.round(labels[b]).long())
+            ids = ids[ids > 0]
+            if len(ids) == 0:
+                continue
+            pick = ids[torch.randperm(len(ids), generator=generator)[: targets_per_crop - 1].to(ids.device)]
+            for v in pick.tolist():
+                source.append(b)
+                rows.append((torch.round(labels[b : b + 1]) == v).to(torch.float32))
+                inst.append(True)
+    return (torch.as_tensor(source, device=labels.device), torch.cat(rows, 0),
+            torch.as_tensor(inst, dtype=torch.bool, device=labels.device))
 
 
 class SAT3DTrainer(SupervisedTrainer):
@@ -83,6 +120,10 @@ class SAT3DTrainer(SupervisedTrainer):
             ``"interior"`` (deep inside the largest error component, as the evaluation's user clicks).
         click_prompt_radius: clicks are also painted into the dense mask prompt (see
             :class:`sat3d.protocols.Sat3dProtocol`); must equal the weights' ``click_prompt_radius``.
+        targets_per_crop: with labels that hold instance values (``RandSyntheticLesiond(instance_labels=True)``),
+            each crop is encoded once and its prompt steps run for the union target plus up to
+            ``targets_per_crop - 1`` single instances, each starting from a click inside it (see
+            :func:`target_rows`).  1: one target per crop, every labelled voxel.
         other args: as :class:`monai.engines.SupervisedTrainer` (``optimizer`` must hold only
             ``network.generator_parameters()``; ``loss_function`` is unused and may be ``None``).
     """
@@ -100,6 +141,7 @@ class SAT3DTrainer(SupervisedTrainer):
         first_click_prob: float = 0.0,
         click_sampling: str = "uniform",
         click_prompt_radius: float = 0.0,
+        targets_per_crop: int = 1,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
@@ -130,6 +172,9 @@ class SAT3DTrainer(SupervisedTrainer):
         self.click_sampling = click_sampling
         # training follows our protocol (the paper's is for their weights only), with the settings the weights keep
         self.protocol = Sat3dProtocol(click_prompt_radius)
+        if int(targets_per_crop) < 1:
+            raise ValueError(f"targets_per_crop must be >= 1, got {targets_per_crop}.")
+        self.targets_per_crop = int(targets_per_crop)
 
     def _steps(self, engine: "SAT3DTrainer") -> tuple[bool, bool]:
         acc = engine.accumulation_steps
@@ -156,13 +201,36 @@ class SAT3DTrainer(SupervisedTrainer):
         else:
             optimizer.step()
 
+    def _prompt_step(self, net, embedding, crops, points, labels, state: StepState, first: bool):
+        """One protocol step for all rows.  In the first step, rows without a click run the automatic mode
+        exactly (no point at all, as a user's automatic run), apart from rows that start from a click."""
+        has = (labels >= 0).any(1) if labels.shape[1] else torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device)
+        if not first or bool(has.all()) or not bool(has.any()):
+            return self.protocol.step(net, embedding, crops, points, labels, state, detach_feedback=True)
+        auto, clicked = torch.nonzero(~has).flatten(), torch.nonzero(has).flatten()
+        a = self.protocol.step(net, embedding[auto], crops[auto], points[auto, :0], labels[auto, :0], StepState(),
+                               detach_feedback=True)
+        c = self.protocol.step(net, embedding[clicked], crops[clicked], points[clicked], labels[clicked], StepState(),
+                               detach_feedback=True)
+        back = torch.argsort(torch.cat([auto, clicked]))
+
+        def merge(x, y):
+            return torch.cat([x, y], 0)[back]
+
+        return StepOutput(merge(a.logits, c.logits), merge(a.low_res_logits, c.low_res_logits), merge(a.iou, c.iou),
+                          merge(a.confidence, c.confidence), merge(a.critic_logits, c.critic_logits),
+                          StepState(merge(a.state.mask_prompt, c.state.mask_prompt),
+                                    merge(a.state.confidence, c.state.confidence)))
+
     def _iteration(self, engine: "SAT3DTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         images, targets = batch[0], batch[1]
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
-        targets = (targets.as_tensor() if hasattr(targets, "as_tensor") else targets).float()
+        labels_in = (targets.as_tensor() if hasattr(targets, "as_tensor") else targets).float()
+        # row r trains target r on crop source[r]; rows share their crop's embedding
+        source, targets, instance = target_rows(labels_in, engine.targets_per_crop, engine.click_generator)
         net = engine.network
         zero, step = self._steps(engine)
         net.train()
@@ -171,24 +239,30 @@ class SAT3DTrainer(SupervisedTrainer):
             engine.critic_optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast(images.device.type, enabled=bool(engine.amp), **(engine.amp_kwargs or {}))
         b = images.shape[0]
-        points = torch.zeros((b, 0, 3), device=images.device)
-        labels = torch.zeros((b, 0), dtype=torch.long, device=images.device)
-        if engine.first_click_prob > 0:
-            first_p, first_l = sample_first_clicks(targets, engine.first_click_prob, engine.click_generator)
+        points = torch.zeros((len(source), 0, 3), device=images.device)
+        labels = torch.zeros((len(source), 0), dtype=torch.long, device=images.device)
+        if engine.first_click_prob > 0 or bool(instance.any()):
+            first_p, first_l = sample_first_clicks(targets[:b], engine.first_click_prob, engine.click_generator)
+            if bool(instance.any()):  # single-instance rows always start from a click inside their instance
+                inst_p, inst_l = sample_first_clicks(targets[b:], 1.0, engine.click_generator)
+                first_p, first_l = torch.cat([first_p, inst_p], 0), torch.cat([first_l, inst_l], 0)
             if bool((first_l >= 0).any()):  # all without a click: no point at all (the automatic mode)
                 points, labels = first_p, first_l
+        crops = images[source] if len(source) > b else images
         state = StepState()
         terms: dict[str, float] = {}
         total = torch.zeros((), device=images.device)
         with frozen(net.critic), autocast:
             embedding = net.encode(images)
+            if len(source) > b:
+                embedding = embedding[source]
             for s in range(engine.num_prompt_steps):
                 if s > 0:
                     new_p, new_l = sample_error_clicks((state.mask_prompt > engine.mask_threshold).float(), targets,
                                                        engine.click_generator, where=engine.click_sampling)
                     points, labels = torch.cat([points, new_p], 1), torch.cat([labels, new_l], 1)
                 # the same prompt step (and feedback) the session, evaluation and MONAI Label run
-                out = engine.protocol.step(net, embedding, images, points, labels, state, detach_feedback=True)
+                out = self._prompt_step(net, embedding, crops, points, labels, state, first=s == 0)
                 logits = out.logits
                 parts = engine.generator_loss(logits.float(), targets, out.critic_logits.float(), out.iou)
                 total = total + parts["loss"] / engine.num_prompt_steps
@@ -196,14 +270,14 @@ class SAT3DTrainer(SupervisedTrainer):
                     terms[k] = terms.get(k, 0.0) + float(v.detach()) / engine.num_prompt_steps
                 state = out.state
         prev_mask = state.mask_prompt
-        engine.state.output = {Keys.IMAGE: images, Keys.LABEL: targets, Keys.PRED: logits.detach(), Keys.LOSS: total}
+        engine.state.output = {Keys.IMAGE: crops, Keys.LABEL: targets, Keys.PRED: logits.detach(), Keys.LOSS: total}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         self._backward_step(total, engine.optimizer, engine.scaler if engine.amp else None, net.generator_parameters(), step)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         with autocast:
-            real = net.critic.forward_logits(images, targets)
-            fake = net.critic.forward_logits(images, prev_mask)
+            real = net.critic.forward_logits(crops, targets)
+            fake = net.critic.forward_logits(crops, prev_mask)
             c_loss = engine.critic_loss(real.float(), fake.float())
         self._backward_step(c_loss, engine.critic_optimizer, engine.critic_scaler, list(net.critic.parameters()), step)
         engine.state.output[Keys.LOSS] = total.detach()

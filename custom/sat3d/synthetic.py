@@ -82,6 +82,9 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         host_range: accepted normalised host values at the centre.
         prob_empty: probability of inserting lesions into a crop whose label is empty (host-only scans,
             background crops); the rest stay empty, so the automatic mode also learns to find nothing.
+        instance_labels: label each inserted lesion with its own value (the crop's existing tumour stays 1,
+            lesions get 2, 3, ...; in an empty crop 1, 2, ...), so that training can take each lesion as a
+            separate click target (``SAT3DTrainer(targets_per_crop=...)``); otherwise every lesion is 1.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         p_rim: float = 0.2,
         host_range: Sequence[float] = (-1.5, 2.0),
         prob_empty: float = 0.85,
+        instance_labels: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 2:
@@ -111,6 +115,7 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         self.p_bright, self.p_core, self.p_rim = float(p_bright), float(p_core), float(p_rim)
         self.host_range = (float(host_range[0]), float(host_range[1]))
         self.prob_empty = float(prob_empty)
+        self.instance_labels = bool(instance_labels)
 
     def randomize(self, data: Any = None) -> None:  # noqa: D102 - draws happen in __call__
         pass
@@ -145,8 +150,9 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
             value[rim] += abs(c) * rng.uniform(0.5, 1.2)
         value += rng.standard_normal(shape).astype(np.float32) * noise_sd
         mix = soft * rng.uniform(0.75, 1.0)  # a little host texture shows through
+        mix[lab > 0] = 0.0  # a lesion never paints over a labelled tumour or an earlier lesion
         img[...] = (1.0 - mix) * img + mix * value
-        lab[inside] = 1
+        lab[inside & (lab == 0)] = int(lab.max()) + 1 if self.instance_labels else 1
         return True
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
