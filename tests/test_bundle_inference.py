@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -286,7 +287,12 @@ def test_demo_data_and_clicks_file_run_end_to_end(tmp_path):
     clicks = json.loads((demo / "clicks.json").read_text())
     (i, j, k), = clicks["phantom_ct.nii.gz"]["positive"]
     src = nib.load(str(demo / "phantom_ct.nii.gz"))
-    assert src.get_fdata()[i, j, k] > 50, "the demo click must lie in the lesion (about 90 HU)"
+    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    img, lesion, _, _ = mod.make_phantom()
+    assert lesion[i, j, k] == 1, "the demo click must lie in the lesion"
+    assert np.allclose(src.get_fdata(), img, atol=0.01), "the written phantom is make_phantom's"
     again = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(demo)], capture_output=True, text=True)
     assert "exists; kept" in again.stdout
     out = tmp_path / "output"
