@@ -356,7 +356,7 @@ def test_training_evaluation_and_inference_preprocess_a_volume_identically(tmp_p
     _save(tmp_path / "ct_seg.nii.gz", lab, aff)
     item = {"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "ct_seg.nii.gz")}
     outputs = {}
-    for config, key in (("train.json", "train_transforms"), ("train.json", "val_transforms"),
+    for config, key in (("train.json", "train#preprocessing"), ("train.json", "validate#preprocessing"),
                         ("evaluate.json", "preprocessing"), ("inference.json", "preprocessing")):
         cp = ConfigParser()
         cp.read_config(str(BUNDLE / "configs" / config))

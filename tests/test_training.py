@@ -397,7 +397,7 @@ def test_resume_restores_network_and_optimisers(tmp_path):
     torch.manual_seed(1)
     net2 = build_sat3d("sat3d_tiny")
     trainer2, opt2, copt2 = _trainer(net2, [_one_batch()] * 2)
-    assert TrainingCheckpoints(str(tmp_path), net2, opt2, copt2).resume(trainer2)
+    assert TrainingCheckpoints(str(tmp_path), net2, opt2, copt2).resume(trainer2)  # what STARTED runs
     for k, v in saved["network"].items():
         assert torch.equal(net2.state_dict()[k], v), k
     for mine, ref in ((opt2.state_dict(), saved["optimizer"]), (copt2.state_dict(), saved["critic_optimizer"])):
@@ -439,6 +439,37 @@ def test_bad_datalists_give_clear_errors(dataset, tmp_path):
 
 def _ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_train_config_passes_monais_workflow_checks(dataset, tmp_path):
+    """MONAI's ConfigWorkflow drives train.json: the train properties (train#trainer, its max_epochs,
+    train#dataset, train#inferer, the validation ones) are where MONAI looks and consistent with what the
+    trainer uses; the standard 'run' id and the README's 'train' id both reach train#run; the multi-GPU
+    overlay replaces only the sampler and the run steps."""
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                        workflow_type="train", bundle_root=str(BUNDLE), dataset_dir=str(dataset),
+                        output_dir=str(tmp_path / "o"), preset="sat3d_tiny", roi_size=[32, 32, 32], target_labels=[1, 2])
+    wf.initialize()
+    assert wf.check_properties() == []
+    assert wf.max_epochs == wf.parser["max_epochs"] and wf.trainer.state.max_epochs == wf.max_epochs
+    assert wf.parser["run"].replace("::", "#") == "@train#run"
+    assert wf.parser["train#run"][-1].replace("::", "#") == "$@train#trainer.run()"
+    assert wf.evaluator is wf.parser.get_parsed_content("validate#evaluator")
+    assert wf.evaluator.state.key_metric_name == "val_mean_dice"
+    # `run train` resolves the train section in key order: its run steps come first, so seeding (and, with the
+    # multi-GPU overlay, the process group) precede building the network, the data and the sampler
+    assert list(wf.parser["train"].keys())[0] == "run"
+    out = tmp_path / "std"
+    res = subprocess.run(bundle_cmd("run", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(dataset), "--output_dir",
+                                    str(out), *TINY, "--max_epochs", "1", "--epoch_length", "1", "--num_prompt_steps", "1",
+                                    "--val_interval", "5", "--target_labels", "[1,2]"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (out / "checkpoints" / "model.pt").is_file(), res.stderr[-3000:]
+    p = ConfigParser()
+    p.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "multi_gpu_train.json")])
+    assert p["train#sampler"]["_target_"] == "DistributedSampler" and p["train#dataset"]["_target_"] == "PersistentDataset"
+    assert any("init_process_group" in str(x) for x in p["train#run"]) and "trainer" in p["train"]
 
 
 def test_train_kill_resume_and_evaluate(dataset, tmp_path):
@@ -599,7 +630,7 @@ def test_training_crops_keep_binary_labels_for_small_scans(tmp_path):
     nib.save(nib.Nifti1Image((lab * 7).astype(np.uint8), aff), str(tmp_path / "l.nii.gz"))
     cp = ConfigParser()
     cp.read_config(str(BUNDLE / "configs" / "train.json"))
-    tf = cp.get_parsed_content("train_transforms")
+    tf = cp.get_parsed_content("train#preprocessing")
     for classes in ([7], []):
         for seed in range(3):
             tf.set_random_state(seed)

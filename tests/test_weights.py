@@ -101,7 +101,7 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
 
     ref, ref_names = chain("inference.json", "preprocessing")
     assert ref_names[-2:] == ["Spacingd", "IntensityNormalized"]
-    for config, key in (("evaluate.json", "preprocessing"), ("train.json", "train_transforms"), ("train.json", "val_transforms")):
+    for config, key in (("evaluate.json", "preprocessing"), ("train.json", "train#preprocessing"), ("train.json", "validate#preprocessing")):
         out, names = chain(config, key)
         assert names == ref_names, (config, key, names)
         assert out.shape == ref.shape and torch.equal(out.as_tensor(), ref.as_tensor()), (config, key)
@@ -148,5 +148,5 @@ def test_thresholds_have_one_definition():
     assert DEFAULT_CONFIG["confidence_threshold"] == CONFIDENCE_THRESHOLD and DEFAULT_CONFIG["mask_threshold"] == MASK_THRESHOLD
     train = json.loads((BUNDLE / "configs" / "train.json").read_text())
     assert train["confidence_threshold"] == CONFIDENCE_THRESHOLD and train["mask_threshold"] == MASK_THRESHOLD
-    assert "@mask_threshold" in json.dumps(train["val_postprocessing"]), "validation must threshold at the config's value"
+    assert "@mask_threshold" in json.dumps(train["validate"]["postprocessing"]), "validation must threshold at the config's value"
     assert build_sat3d("sat3d_tiny").confidence_threshold == CONFIDENCE_THRESHOLD

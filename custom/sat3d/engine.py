@@ -296,8 +296,10 @@ class TrainingCheckpoints:
 
     Each checkpoint holds the network (critic included), both optimisers, the learning-rate schedulers,
     the AMP scalers and the trainer state; files are written atomically, so a kill during a save leaves
-    the previous checkpoint intact.  ``model.pt`` (plain ``network.state_dict()``) is exported next to them
-    whenever ``latest`` is written, for the inference workflow.  Only rank 0 writes.
+    the previous checkpoint intact.  ``model.pt`` (the weights format of :mod:`sat3d.weights`, carrying
+    ``model_config``) is exported next to them whenever ``latest`` is written, for the inference workflow.
+    Only rank 0 writes.  An Ignite handler (``attach``, e.g. from the trainer's handler list): when the
+    trainer starts it resumes from ``checkpoint_latest.pt`` or starts from ``init_weights``.
 
     Args:
         ckpt_dir: folder of the checkpoints.
@@ -312,6 +314,7 @@ class TrainingCheckpoints:
             spacing, intensity, thresholds, a one-line training summary.
         init_weights: weights file to start from when there is no checkpoint to resume (fine-tuning,
             e.g. the shipped ``bundle/models/model.pt``); its configuration must match ``model_config``.
+        resume: continue from ``checkpoint_latest.pt`` when it exists (after a crash or kill).
     """
 
     def __init__(
@@ -326,6 +329,7 @@ class TrainingCheckpoints:
         model_export: str | None = None,
         model_config: dict[str, Any] | None = None,
         init_weights: str | None = None,
+        resume: bool = True,
     ) -> None:
         if interval < 1:
             raise ValueError(f"checkpoint interval must be >= 1 iteration, got {interval}.")
@@ -341,6 +345,7 @@ class TrainingCheckpoints:
         from .weights import optional_path
 
         self.init_weights = optional_path(init_weights)
+        self.resume_enabled = flag(resume)
         self.best_loss = float("inf")
         self.best_dice = -float("inf")
         self._epoch_losses: list[float] = []
@@ -401,12 +406,11 @@ class TrainingCheckpoints:
         logger.info("resumed from %s at epoch %d, iteration %d", path, trainer.state.epoch, trainer.state.iteration)
         return True
 
-    def run(self, trainer: Engine, resume: bool = True) -> None:
-        """Resume from ``checkpoint_latest.pt`` when asked and present, then train up to ``max_epochs``.
-
-        A run that already reached ``max_epochs`` is not restarted from scratch: it logs that and returns.
-        """
-        if not self.resume(trainer, flag(resume)) and self.init_weights:
+    def _started(self, trainer: Engine) -> None:
+        """At the start of ``trainer.run()``: resume from ``checkpoint_latest.pt`` when enabled and present,
+        else start from ``init_weights`` when given.  A run that already reached ``max_epochs`` is not
+        restarted from scratch: it says so and the trainer ends without an iteration."""
+        if not self.resume(trainer, self.resume_enabled) and self.init_weights:
             from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
 
             expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}
@@ -417,11 +421,10 @@ class TrainingCheckpoints:
                 "training already finished: epoch %d of max_epochs %d in %s; raise max_epochs to continue.",
                 trainer.state.epoch, trainer.state.max_epochs, self.dir,
             )
-            return
-        trainer.run()
 
     def attach(self, trainer: Engine) -> None:
-        """Register the saving events on the trainer."""
+        """Register resuming (at ``STARTED``) and the saving events on the trainer."""
+        trainer.add_event_handler(Events.STARTED, self._started)
         trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), lambda e: self.save(e, "latest"))
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._collect_loss)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
