@@ -339,6 +339,27 @@ def test_monai_workflow_properties_and_standard_run_ids(tmp_path, config):
     assert wf.parser[legacy] == "@run" and isinstance(wf.parser["run"], list)
 
 
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_clicked_windows_only_reaches_the_sessions(tmp_path, config):
+    """Catches a knob that a config accepts but never uses: '--clicked_windows_only true' (a string on the
+    command line) must reach the session that folder inference and the evaluation build."""
+    from monai.bundle import ConfigParser
+
+    img, lab, aff = make_sphere_volume()
+    _save(tmp_path / "a.nii.gz", img, aff)
+    _save(tmp_path / "a_seg.nii.gz", lab.astype(np.uint8), aff)
+    (tmp_path / "datalist.json").write_text(json.dumps({"validation": [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}]}))
+    for value, expect in (("true", True), ("false", False)):
+        cp = ConfigParser()
+        cp.read_config(str(BUNDLE / "configs" / config))
+        cp.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "o"),
+                   "require_weights": False, "clicked_windows_only": value})
+        inferer = cp.get_parsed_content("inferer")
+        assert inferer.clicked_windows_only is expect
+        if config == "evaluate.json":
+            assert cp.get_parsed_content("evaluator")._session().clicked_windows_only is expect
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int16])
 def test_training_evaluation_and_inference_preprocess_a_volume_identically(tmp_path, dtype):
     """Catches drift between the four load/orient/resample/normalise chains (train, validation, evaluate,
