@@ -194,3 +194,19 @@ def test_boolean_settings_from_the_command_line(value, expected):
     for bad in ("maybe", None):
         with pytest.raises(ValueError):
             SAT3DInferer((32, 32, 32), clicked_windows_only=bad)
+
+
+def test_auto_clicked_windows_per_request():
+    """With "auto", a request with clicks gets the clicked windows only and one without clicks on the same
+    (cached) image the automatic mode, not the clicked session emptied."""
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 70, 36, 34)
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2, clicked_windows_only="auto")
+    clicked = inf(img, net, points=[[5, 6, 7]], point_labels=[1])
+    session = next(iter(inf._cache.values()))
+    assert session.clicked_mode is True and session.encoder_calls < len(session.windows)
+    assert (clicked[0, 0, 60:] < -10).all(), "far from the click the clicked windows leave background"
+    auto = inf(img, net)
+    assert inf.last_cache_use == "new" and next(iter(inf._cache.values())).clicked_mode is False
+    ref = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(img, net)
+    assert torch.equal(auto.as_tensor(), ref.as_tensor())

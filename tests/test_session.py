@@ -238,3 +238,36 @@ def test_predicted_iou_is_the_iou_heads_estimate_weighted_by_mask_voxels(net, im
     assert s.predicted_iou == before
     s.threshold = 1.0  # an empty mask has no quality estimate
     assert s.predicted_iou is None
+
+
+@pytest.mark.parametrize("first", ["click", "read"])
+def test_auto_clicked_windows_first_action_decides(net, image, first):
+    """``clicked_windows_only="auto"``: a session whose first action is a click computes only the clicked
+    windows (no automatic result far from the click); one read before any click runs the automatic mode."""
+    s = InteractiveSession(net, overlap=0.25, clicked_windows_only="auto")
+    s.set_image(image)
+    assert s.clicked_mode is None
+    click = (5.0, 5.0, 5.0)
+    inside = [w for w in s.windows if all(sl.start <= v < sl.stop for sl, v in zip(w, click))]
+    if first == "click":
+        s.add_click(click, positive=True)
+        assert s.clicked_mode is True and s.encoder_calls == len(inside) < len(s.windows)
+        far = [w for w in s.windows if w not in inside]
+        covered = torch.zeros(s._sum_w.shape, dtype=torch.bool)
+        for w in inside:
+            covered[w] = True
+        assert not s.mask[~covered[: image.shape[1], : image.shape[2], : image.shape[3]]].any(), \
+            "windows without a click stay background"
+        assert far, "the test image must have windows without the click"
+    else:
+        _ = s.mask
+        assert s.clicked_mode is False and s.encoder_calls == len(s.windows)
+        auto = InteractiveSession(net, overlap=0.25)
+        auto.set_image(image)
+        assert torch.equal(s.logits, auto.logits)
+        s.add_click(click, positive=True)
+        assert s.clicked_mode is False, "later clicks refine the automatic result"
+    s.set_image(image)
+    assert s.clicked_mode is None, "a new image decides anew"
+    with pytest.raises(ValueError):
+        InteractiveSession(net, clicked_windows_only="sometimes")

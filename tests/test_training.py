@@ -620,6 +620,43 @@ def test_evaluation_tables_use_the_true_spacing(tmp_path):
     assert float(summary[0]["predicted_iou_mae"]) == pytest.approx(0.9 - 2 / 3)
 
 
+@pytest.mark.parametrize("setting, expected", [("auto", [(False, [0]), (True, [1, 3])]), (False, [(False, [0, 1, 3])]),
+                                               (True, [(True, [0, 1, 3])])])  # (clicked mode, the K it serves)
+def test_evaluation_drives_the_sessions_users_get(tmp_path, setting, expected):
+    """The evaluation scores what users get: with clicked_windows_only "auto", K = 0 from an automatic session
+    and K >= 1 from a session that starts with the clicks (clicked windows only), as folder inference and
+    MONAI Label run a file with and without clicks."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from sat3d.data import SelectTargetd
+    from sat3d.evaluation import InteractiveEvaluation
+    from sat3d.inferer import SAT3DInferer
+
+    gt = np.zeros((30, 30, 30), np.uint8)
+    gt[10:20, 10:20, 10:20] = 1
+    nib.save(nib.Nifti1Image(gt.astype(np.float32), np.eye(4)), str(tmp_path / "img.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, np.eye(4)), str(tmp_path / "lab.nii.gz"))
+    pre = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"]),
+                   SelectTargetd("label", [1])])
+    ev = InteractiveEvaluation([{"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}],
+                               str(tmp_path / "ev"), _ThresholdNet(), pre,
+                               SAT3DInferer(roi_size=(32, 32, 32), clicked_windows_only=setting),
+                               clicks=[0, 1, 3], require_weights=False, baseline=False)
+    made = []
+    original = ev._session
+
+    def recording(clicked_windows_only=None):
+        session = original(clicked_windows_only)
+        made.append(session)
+        return session
+
+    ev._session = recording
+    rows = ev.evaluate_case(ev.datalist[0])
+    assert [r["clicks"] for r in rows] == [0, 1, 3]
+    assert [session.clicked_mode for session in made] == [mode for mode, _ in expected]
+    if setting == "auto":  # the clicked session starts from nothing: its first click is the user's on the tumour
+        assert made[0].clicks == [] and made[1].clicks and made[1].clicks[0][1] == 1
+
+
 def test_training_crops_keep_binary_labels_for_small_scans(tmp_path):
     """Catches padding the label with the image's pad value (uint8 -5 = 251 became 'tumour' in scans smaller
     than the ROI): training samples hold only 0/1 labels, also for multi-class host-only scans."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from monai.utils import str2bool
 
-__all__ = ["find_bundle_root", "flag"]
+__all__ = ["find_bundle_root", "flag", "parse_clicked_windows_only"]
 
 
 def find_bundle_root(default: str = ".", argv: list[str] | None = None) -> str:
@@ -51,3 +51,11 @@ def flag(value: Any) -> bool:
     ``ValueError`` naming the value.
     """
     return value if isinstance(value, bool) else str2bool(str(value).strip())
+
+
+def parse_clicked_windows_only(value: Any) -> bool | str:
+    """The ``clicked_windows_only`` setting: ``True`` / ``False`` (also as command-line strings) or ``"auto"``
+    (see :class:`sat3d.session.InteractiveSession`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return flag(value)

@@ -20,7 +20,7 @@ from monai.metrics import (
 )
 
 from .atomic import atomic_path, write_text_atomic
-from .bundle_utils import flag
+from .bundle_utils import flag, parse_clicked_windows_only
 from .click_simulation import next_click_volume
 from .constants import MASK_THRESHOLD
 from .volumes import case_name
@@ -121,9 +121,11 @@ class InteractiveEvaluation:
         self.settings = dict(settings or {})
         self.rows: list[dict[str, Any]] = []
 
-    def _session(self):
+    def _session(self, clicked_windows_only: bool | str | None = None):
         from .session import InteractiveSession
 
+        if clicked_windows_only is None:
+            clicked_windows_only = getattr(self.inferer, "clicked_windows_only", False)
         return InteractiveSession(
             self.network,
             roi_size=getattr(self.inferer, "roi_size", None),
@@ -132,25 +134,26 @@ class InteractiveEvaluation:
             device=self.device,
             threshold=self.threshold,
             protocol=getattr(self.inferer, "protocol", "sat3d"),
-            clicked_windows_only=getattr(self.inferer, "clicked_windows_only", False),
+            clicked_windows_only=clicked_windows_only,
             window_intensity=getattr(self.inferer, "window_intensity", None),
             click_radius=getattr(self.inferer, "click_radius", 0),
         )
 
     def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict,
-               quality: Callable[[], float | None] | None = None) -> list[dict[str, Any]]:
-        """Score ``predict(clicks) -> mask`` after each K of simulated clicks (and the method's own
-        ``quality()`` estimate of its mask, when it has one: SAT3D's predicted IoU)."""
+               quality: Callable[[], float | None] | None = None, ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Score ``predict(clicks) -> mask`` after each K (of ``ks``, default all) of simulated clicks (and
+        the method's own ``quality()`` estimate of its mask, when it has one: SAT3D's predicted IoU)."""
+        ks = list(self.clicks if ks is None else ks)
         given: list[tuple[tuple[int, int, int], int]] = []
         rows = []
         pred = predict(given)
-        for k in range(self.clicks[-1] + 1):
+        for k in range(max(ks) + 1):
             if k > 0:
                 nxt = next_click_volume(pred, gt)
                 if nxt is not None:
                     given.append(nxt)
                     pred = predict(given)
-            if k in self.clicks:
+            if k in ks:
                 row = {**base, "method": method, "clicks": k, "clicks_given": len(given), **segmentation_metrics(pred, gt, spacing)}
                 row["predicted_iou"] = quality() if quality is not None else None
                 rows.append(row)
@@ -166,16 +169,25 @@ class InteractiveEvaluation:
         name = item.get("case") or (" ".join(str(item[k]) for k in ("patient", "sequence") if item.get(k))
                                     or case_name(item["image"]))
         base = {"case": name, "modality": item.get("modality", ""), "target": item.get("target", data.get("target_label", 1))}
-        session = self._session()
-        session.set_image(torch.as_tensor(image))
+        def sat3d_drive(clicked_windows_only, ks):
+            session = self._session(clicked_windows_only)
+            session.set_image(torch.as_tensor(image))
 
-        def sat3d_predict(clicks):
-            while len(session.clicks) < len(clicks):
-                c, lab = clicks[len(session.clicks)]
-                session.add_click(c, positive=lab == 1)
-            return session.mask.cpu().numpy() > 0
+            def predict(clicks):
+                while len(session.clicks) < len(clicks):
+                    c, lab = clicks[len(session.clicks)]
+                    session.add_click(c, positive=lab == 1)
+                return session.mask.cpu().numpy() > 0
 
-        rows = self._drive(name, "sat3d", sat3d_predict, gt, spacing, base, quality=lambda: session.predicted_iou)
+            return self._drive(name, "sat3d", predict, gt, spacing, base, quality=lambda: session.predicted_iou, ks=ks)
+
+        setting = parse_clicked_windows_only(getattr(self.inferer, "clicked_windows_only", False))
+        if setting == "auto":  # as users get it: no click -> automatic mode; clicks -> the clicked windows only
+            rows = sat3d_drive(False, [0]) if 0 in self.clicks else []
+            if any(k > 0 for k in self.clicks):
+                rows += sat3d_drive(True, [k for k in self.clicks if k > 0])
+        else:
+            rows = sat3d_drive(setting, self.clicks)
         if self.baseline:
             from .baseline import RegionGrowing
 

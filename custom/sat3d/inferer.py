@@ -12,7 +12,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from .bundle_utils import flag
+from .bundle_utils import parse_clicked_windows_only
 from .transforms import CLICKS_META_KEY
 
 __all__ = ["SAT3DInferer", "clicks_in_window", "PREDICTED_IOU_KEY"]
@@ -52,7 +52,8 @@ class SAT3DInferer(Inferer):
     evaluation): the automatic result of every window, then the clicks added one by one in their order,
     each running one prompt step of the click protocol (:mod:`sat3d.protocols`) on the windows that contain
     it.  With ``clicked_windows_only`` (or the paper protocol, which has no automatic mode) windows without
-    a click are not computed at all and stay background.
+    a click are not computed at all and stay background; with ``"auto"``, a request with clicks gets that
+    and a request without clicks the automatic mode.
 
     Sessions are kept in a small LRU cache (``cache_size``) keyed by the image content: a later request on
     the same image whose clicks extend the cached session's clicks only runs the new clicks (embeddings,
@@ -85,7 +86,7 @@ class SAT3DInferer(Inferer):
         mode: str = "gaussian",
         sw_device: Any = None,
         device: Any = None,
-        clicked_windows_only: bool = False,
+        clicked_windows_only: bool | str = False,
         protocol: str = "sat3d",
         window_intensity: Any = None,
         cache_size: int = 0,
@@ -105,7 +106,7 @@ class SAT3DInferer(Inferer):
         self.mode = mode
         self.sw_device = sw_device
         self.device = device
-        self.clicked_windows_only = flag(clicked_windows_only)  # '--clicked_windows_only false' is a string
+        self.clicked_windows_only = parse_clicked_windows_only(clicked_windows_only)  # the command line gives strings
         self.protocol = protocol
         self.window_intensity = window_intensity
         self.cache_size = int(cache_size)
@@ -119,6 +120,8 @@ class SAT3DInferer(Inferer):
 
         key = (id(network), tuple(image.shape), _fingerprint(image)) if self.cache_size else None
         session = self._cache.pop(key, None) if key is not None else None
+        if session is not None and not clicks and session.clicked_mode and self.clicked_windows_only == "auto":
+            session = None  # no click now: the automatic mode, not the clicked session emptied
         if session is not None:
             have = session.clicks
             if have == clicks[: len(have)]:

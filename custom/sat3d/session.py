@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import compute_importance_map
 
-from .bundle_utils import flag
+from .bundle_utils import flag, parse_clicked_windows_only
 from .constants import MASK_THRESHOLD
 from .inferer import clicks_in_window
 from .protocols import StepState, get_protocol, protocol_of
@@ -72,7 +72,9 @@ class InteractiveSession:
     The volume is covered by the same overlapping windows and Gaussian blending as
     :class:`sat3d.inferer.SAT3DInferer`.  Each window's image embedding is computed once (on first use,
     or all at :meth:`set_image` with ``eager=True``).  The first access to :attr:`mask` runs the automatic
-    mode on every window (unless ``clicked_windows_only``: then windows stay background until clicked).
+    mode on every window (unless ``clicked_windows_only``: then windows stay background until clicked;
+    with ``"auto"``, the first thing done with the image decides: a click means clicked windows only, reading
+    the mask without a click means the automatic mode).
     :meth:`add_click` then runs one prompt step of the click protocol (:mod:`sat3d.protocols`) on the
     windows that contain the click only, and re-blends only those windows:
 
@@ -90,8 +92,12 @@ class InteractiveSession:
         threshold: mask probability threshold.
         eager: compute all embeddings in :meth:`set_image`.
         protocol: ``"sat3d"`` or ``"paper"`` (or a protocol object).
-        clicked_windows_only: do not run the automatic mode; windows without a click stay background.  The
-            paper protocol has no automatic mode and always behaves so.
+        clicked_windows_only: ``True``: do not run the automatic mode; windows without a click stay
+            background.  ``False``: automatic mode on every window, clicks refine it.  ``"auto"``: ``True`` when
+            the session's first action is a click (the user segments what they click: no automatic results far
+            from the clicks), ``False`` when the mask is read before any click; decided anew by
+            :meth:`set_image`, and reported by :attr:`clicked_mode`.  The paper protocol has no automatic
+            mode and always behaves as ``True``.
         window_intensity: applied to each window crop before the network sees it (``None``: nothing; the
             paper protocol uses :func:`sat3d.paper_preprocessing.zscore_positive`).
         encode_batch_size: windows per encoder pass when the automatic mode encodes every window.
@@ -110,7 +116,7 @@ class InteractiveSession:
         threshold: float = MASK_THRESHOLD,
         eager: bool = False,
         protocol: str | object = "sat3d",
-        clicked_windows_only: bool = False,
+        clicked_windows_only: bool | str = False,
         window_intensity: Callable[[torch.Tensor], torch.Tensor] | None = None,
         encode_batch_size: int = 1,
         click_radius: int = 0,
@@ -126,7 +132,11 @@ class InteractiveSession:
         self.threshold = float(threshold)
         self.eager = flag(eager)
         self.protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-        self.clicked_windows_only = flag(clicked_windows_only) or not self.protocol.automatic
+        self.clicked_windows_only = parse_clicked_windows_only(clicked_windows_only)
+        if not self.protocol.automatic:
+            self.clicked_windows_only = True
+        #: whether the current image runs clicked windows only (``None``: not decided yet, ``"auto"``)
+        self.clicked_mode: bool | None = None
         self.window_intensity = window_intensity
         self.encode_batch_size = max(int(encode_batch_size), 1)
         self._image: torch.Tensor | None = None
@@ -187,6 +197,7 @@ class InteractiveSession:
         self._history: list[_Step] = []
         self.encoder_calls = 0
         self.decoder_calls = 0
+        self.clicked_mode = None if self.clicked_windows_only == "auto" else self.clicked_windows_only
         if self.eager:
             self._encode_all()
 
@@ -259,13 +270,16 @@ class InteractiveSession:
             self._sum_conf[w] += out[1] * self.weight
             self._window_out[i] = out
 
-    def _ensure_auto(self) -> None:
+    def _ensure_auto(self, clicking: bool = False) -> None:
+        """The state before any click: the automatic result, or background where clicked windows only."""
         self._require_image()
         if self._auto is None:
-            if not self.clicked_windows_only:
+            if self.clicked_mode is None:  # "auto": the first action decides
+                self.clicked_mode = bool(clicking)
+            if not self.clicked_mode:
                 self._encode_all()
             for i in range(len(self.windows)):
-                if self.clicked_windows_only:
+                if self.clicked_mode:
                     self._put(i, (torch.full(self.roi_size, SKIPPED_LOGIT, device=self.device),
                                   torch.full(self.roi_size, SKIPPED_CONFIDENCE, device=self.device), math.nan))
                 else:
@@ -287,7 +301,7 @@ class InteractiveSession:
             raise ValueError(f"a click needs 3 coordinates, got {coord!r}.")
         if any(not math.isfinite(v) or v < 0 or v > s - 1 for v, s in zip(c, self.spatial)):
             raise ValueError(f"click {list(c)} lies outside the image of size {list(self.spatial)}.")
-        self._ensure_auto()
+        self._ensure_auto(clicking=True)
         step = _Step(click=(c, 1 if positive else 0))
         affected = [i for i, w in enumerate(self.windows) if all(s.start <= v < s.stop for s, v in zip(w, c))]
         for i in affected:

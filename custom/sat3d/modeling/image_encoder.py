@@ -11,6 +11,7 @@ weights (the ``sat3d_paper`` preset).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,8 @@ __all__ = ["SwinImageEncoder3D", "PaperPatchMerging"]
 
 #: the four (d, h, w) offsets of a 2x2x2 neighbourhood that the authors' patch merging keeps, in their order
 PAPER_MERGING_OFFSETS = ((0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1))
+
+_ACCEPTS_FLASH = "use_flash_attention" in inspect.signature(BasicLayer.__init__).parameters
 
 
 class PaperPatchMerging(nn.Module):
@@ -117,6 +120,8 @@ class SwinImageEncoder3D(nn.Module):
             patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim, norm_layer=nn.LayerNorm, spatial_dims=3
         )
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # MONAI < 1.6 has no use_flash_attention (its attention then runs the plain way; ours always uses SDPA)
+        flash = {"use_flash_attention": use_flash_attention} if _ACCEPTS_FLASH else {}
         self.stages = nn.ModuleList()
         for i in range(n_stages):
             self.stages.append(
@@ -130,7 +135,7 @@ class SwinImageEncoder3D(nn.Module):
                     qkv_bias=True,
                     downsample=mergings[merging] if i < n_stages - 1 else None,
                     use_checkpoint=use_checkpoint,
-                    use_flash_attention=use_flash_attention,
+                    **flash,
                 )
             )
         self.norm = nn.LayerNorm(self.out_channels)
