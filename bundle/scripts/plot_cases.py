@@ -1,5 +1,6 @@
 """Draw held-out cases for the model card: image with ground truth, the automatic and the 3-click
-prediction (the evaluation's simulated clicks), and the critic's confidence map.
+prediction (the evaluate workflow's sessions and simulated clicks), and the critic's confidence map
+after the clicks.
 
 Usage: ``python bundle/scripts/plot_cases.py DATALIST WEIGHTS OUTPUT.png [CASE_INDEX ...]`` (cases of the
 datalist's ``validation`` list; paths as in the datalist).  Runs on the CPU in a minute or two.
@@ -26,25 +27,33 @@ def main(datalist: str, weights: str, out: str, *indices: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from monai.bundle import ConfigParser
+    from sat3d.bundle_utils import parse_clicked_windows_only
     from sat3d.click_simulation import next_click_volume
-    from sat3d.data import load_datalist
-    from sat3d.session import InteractiveSession
+    from sat3d.weights import load_weights
 
     cp = ConfigParser()
     cp.read_config(str(BUNDLE / "configs" / "evaluate.json"))
-    cp["ckpt_path"], cp["dataset_dir"], cp["datalist"] = weights, "/", datalist
-    pre = cp.get_parsed_content("preprocessing")
-    items = load_datalist("/", datalist, "validation", check=False)
+    cp.update({"bundle_root": str(BUNDLE), "ckpt_path": weights, "dataset_dir": "/", "datalist": datalist,
+               "datalist_key": "validation", "output_dir": str(Path(out).parent)})
+    # the evaluate workflow's own evaluator: its preprocessing, cases and sessions (the Dice printed here is
+    # the evaluation's at K = 0 and K = 3)
+    ev = cp.get_parsed_content("evaluator")
+    load_weights(ev.network, ev.ckpt_path, ev.require_weights, ev.settings)
+    ev.network.to(ev.device).eval()
+    setting = parse_clicked_windows_only(ev.inferer.clicked_windows_only)
+    auto_session = ev._session(False if setting == "auto" else setting)
+    session = ev._session(True if setting == "auto" else setting)
+    items = ev.datalist
     picks = [int(i) for i in indices] or list(range(min(4, len(items))))
-    session = InteractiveSession.from_weights(weights, overlap=0.25)
     fig, axes = plt.subplots(len(picks), 4, figsize=(13, 3.3 * len(picks)), dpi=90, squeeze=False)
     for row, idx in enumerate(picks):
         item = items[idx]
-        data = pre(dict(item))
+        data = ev.preprocessing(dict(item))
         img, gt = data["image"][0].numpy(), data["label"][0].numpy() > 0.5
+        auto_session.set_image(torch.as_tensor(data["image"]))
+        auto = auto_session.mask.numpy() > 0
         session.set_image(torch.as_tensor(data["image"]))
-        auto = session.mask.numpy() > 0
-        pred, clicks = auto, []
+        pred, clicks = session.mask.numpy() > 0, []
         for _ in range(3):
             nxt = next_click_volume(pred, gt)
             if nxt is None:
