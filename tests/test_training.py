@@ -274,6 +274,8 @@ def test_gradient_accumulation_steps_every_n_iterations():
     lab = torch.zeros(1, 1, 32, 32, 32)
     lab[:, :, 8:20, 8:20, 8:20] = 1
     loader = [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab} for _ in range(4)]
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        _trainer(build_sat3d("sat3d_tiny"), loader, accumulation_steps=0)
     trainer, _, _ = _trainer(net, loader, accumulation_steps=2)
     snapshots = []
     trainer.add_event_handler(

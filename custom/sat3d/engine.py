@@ -120,6 +120,7 @@ class SAT3DTrainer(SupervisedTrainer):
             ``"interior"`` (deep inside the largest error component, as the evaluation's user clicks).
         click_prompt_radius: clicks are also painted into the dense mask prompt (see
             :class:`sat3d.protocols.Sat3dProtocol`); must equal the weights' ``click_prompt_radius``.
+        accumulation_steps: optimiser step every this many iterations (gradients averaged), as MONAI's.
         targets_per_crop: with labels that hold instance values (``RandSyntheticLesiond(instance_labels=True)``),
             each crop is encoded once and its prompt steps run for the union target plus up to
             ``targets_per_crop - 1`` single instances, each starting from a click inside it (see
@@ -145,7 +146,12 @@ class SAT3DTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("loss_function", None)
+        # our iteration accumulates gradients itself (MONAI < 1.6's SupervisedTrainer has no accumulation_steps)
+        accumulation_steps = int(kwargs.pop("accumulation_steps", 1))
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
         super().__init__(*args, **kwargs)
+        self.accumulation_steps = accumulation_steps
         if num_prompt_steps < 1:
             raise ValueError(f"num_prompt_steps must be >= 1, got {num_prompt_steps}.")
         net = self.network
