@@ -91,7 +91,8 @@ def target_rows(labels: torch.Tensor, targets_per_crop: int, generator: torch.Ge
 class SAT3DTrainer(SupervisedTrainer):
     """Supervised trainer whose iteration is SAT3D's min-max step.
 
-    Per batch: the image embedding is computed once; then ``num_prompt_steps`` decoder passes follow.
+    Per batch: the image embedding is computed once; then ``num_prompt_steps`` decoder passes follow, for
+    each target row (one per crop, plus single-instance rows with ``targets_per_crop`` > 1).
     Step 1 has no clicks (or, with ``first_click_prob``, one positive click) and no dense prompt; each later step adds one click per sample drawn from the
     error region of the previous prediction (false negative -> positive click, false positive -> negative
     click) and feeds back the previous mask probability and the binarised critic confidence
