@@ -57,7 +57,11 @@ def main(*args: str) -> None:
     ax2.set(xlabel="epoch", ylabel="Dice", ylim=(0, 1),
             title="validation Dice, automatic mode, held-out patients")
     ax2.grid(alpha=0.3)
-    ax2.legend()
+    if ax2.lines:
+        ax2.legend()
+    else:  # say so rather than draw an empty panel
+        ax2.text(0.5, 0.5, "no validation during these runs\n(see the held-out evaluation in the model card)",
+                 ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
     fig.savefig(out)
     print(f"wrote {out}")
