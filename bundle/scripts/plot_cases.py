@@ -27,7 +27,6 @@ def main(datalist: str, weights: str, out: str, *indices: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from monai.bundle import ConfigParser
-    from sat3d.bundle_utils import parse_clicked_windows_only
     from sat3d.click_simulation import next_click_volume
     from sat3d.weights import load_weights
 
@@ -40,9 +39,8 @@ def main(datalist: str, weights: str, out: str, *indices: str) -> None:
     ev = cp.get_parsed_content("evaluator")
     load_weights(ev.network, ev.ckpt_path, ev.require_weights, ev.settings)
     ev.network.to(ev.device).eval()
-    setting = parse_clicked_windows_only(ev.inferer.clicked_windows_only)
-    auto_session = ev._session(False if setting == "auto" else setting)
-    session = ev._session(True if setting == "auto" else setting)
+    without, with_clicks = ev.session_modes()
+    auto_session, session = ev._session(without), ev._session(with_clicks)
     items = ev.datalist
     picks = [int(i) for i in indices] or list(range(min(4, len(items))))
     fig, axes = plt.subplots(len(picks), 4, figsize=(13, 3.3 * len(picks)), dpi=90, squeeze=False)

@@ -139,6 +139,12 @@ class InteractiveEvaluation:
             click_radius=getattr(self.inferer, "click_radius", 0),
         )
 
+    def session_modes(self) -> tuple[bool, bool]:
+        """``clicked_windows_only`` of the session that scores K = 0 and of the one that scores K >= 1: with
+        ``"auto"`` (as users get it) the automatic mode without clicks and the clicked windows with them."""
+        setting = parse_clicked_windows_only(getattr(self.inferer, "clicked_windows_only", False))
+        return (False, True) if setting == "auto" else (setting, setting)
+
     def _drive(self, name: str, method: str, predict, gt: np.ndarray, spacing, base: dict,
                quality: Callable[[], float | None] | None = None, ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Score ``predict(clicks) -> mask`` after each K (of ``ks``, default all) of simulated clicks (and
@@ -181,13 +187,13 @@ class InteractiveEvaluation:
 
             return self._drive(name, "sat3d", predict, gt, spacing, base, quality=lambda: session.predicted_iou, ks=ks)
 
-        setting = parse_clicked_windows_only(getattr(self.inferer, "clicked_windows_only", False))
-        if setting == "auto":  # as users get it: no click -> automatic mode; clicks -> the clicked windows only
-            rows = sat3d_drive(False, [0]) if 0 in self.clicks else []
+        without, with_clicks = self.session_modes()
+        if without == with_clicks:
+            rows = sat3d_drive(without, self.clicks)
+        else:  # as users get it: no click -> automatic mode; clicks -> the clicked windows only
+            rows = sat3d_drive(without, [0]) if 0 in self.clicks else []
             if any(k > 0 for k in self.clicks):
-                rows += sat3d_drive(True, [k for k in self.clicks if k > 0])
-        else:
-            rows = sat3d_drive(setting, self.clicks)
+                rows += sat3d_drive(with_clicks, [k for k in self.clicks if k > 0])
         if self.baseline:
             from .baseline import RegionGrowing
 
