@@ -81,7 +81,7 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
         def click():
             return protocol.step(net, emb, x, pts, lbl, state)
 
-        res["decoder_only_ms"] = _time(lambda: net.decode(emb, pts, lbl, state.mask_prompt, state.confidence), device, repeats)
+        res["decoder_only_ms"] = _time(lambda: net.decode(emb, pts, lbl, state.mask_prompt, state.confidence, image=x), device, repeats)
         res["decoder_click_ms"] = _time(click, device, repeats)  # prompt encoder + decoder + critic
         res["critic_ms"] = _time(lambda: net.judge(x, prev), device, repeats)
         if device.type == "cuda":

@@ -28,9 +28,9 @@ def test_protocol_step_gives_the_decoder_the_painted_prompt(radius):
     seen = []
     decode = net.decode
 
-    def recording(emb, points=None, labels=None, mask=None, conf=None):
+    def recording(emb, points=None, labels=None, mask=None, conf=None, image=None):
         seen.append(None if mask is None else mask.clone())
-        return decode(emb, points, labels, mask, conf)
+        return decode(emb, points, labels, mask, conf, image=image)
 
     net.decode = recording
     image = torch.randn(1, 1, 32, 32, 32)

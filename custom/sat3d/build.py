@@ -8,7 +8,7 @@ from typing import Any
 from .constants import CONFIDENCE_THRESHOLD
 from .modeling import SAT3D, Critic3D, MaskDecoder3D, PromptEncoder3D, SwinImageEncoder3D
 
-__all__ = ["PRESETS", "build_sat3d"]
+__all__ = ["PRESETS", "PRESET_BASES", "build_sat3d"]
 
 #: Preset name -> keyword arguments of the parts (``encoder``, ``prompt``, ``decoder``, ``critic``).
 #: ``sat3d_base`` follows the paper (11.1 M parameters) with the authors' defects fixed.  ``sat3d_paper``
@@ -20,6 +20,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2},
         "prompt": {},
         "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48)},
+        "critic": {"channels": (8, 16, 32), "dilations": (1, 2, 4)},
+    },
+    # sat3d_base plus a shallow conv branch that adds crop detail to the decoder's upsampling (not in the paper;
+    # see sat3d.modeling.detail_encoder).  It starts as an exact copy of sat3d_base (zero-initialised
+    # projections), so it fine-tunes from sat3d_base weights (PRESET_BASES).
+    "sat3d_detail": {
+        "roi_size": (128, 128, 128),
+        "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2},
+        "prompt": {},
+        "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48), "detail_channels": (16, 32, 64)},
         "critic": {"channels": (8, 16, 32), "dilations": (1, 2, 4)},
     },
     "sat3d_paper": {
@@ -40,6 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "critic": {"channels": (4, 8, 8), "dilations": (1,)},
     },
 }
+
+#: preset -> (preset whose weights it can start from, prefix of the parameters it adds).  The added parameters
+#: keep their initialisation, which makes the grown network compute what the smaller one computed.
+PRESET_BASES: dict[str, tuple[str, str]] = {"sat3d_detail": ("sat3d_base", "mask_decoder.detail.")}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -84,6 +98,6 @@ def build_sat3d(
         raise ValueError(f"roi_size {roi} must be a multiple of the encoder stride {encoder.stride}.")
     grid = tuple(s // encoder.stride for s in roi)
     prompt = PromptEncoder3D(embed_dim=encoder.out_channels, embedding_size=grid, input_size=roi, **cfg.get("prompt", {}))
-    decoder = MaskDecoder3D(embed_dim=encoder.out_channels, **cfg["decoder"])
+    decoder = MaskDecoder3D(embed_dim=encoder.out_channels, in_channels=in_channels, **cfg["decoder"])
     critic = Critic3D(in_channels=in_channels, **cfg["critic"])
     return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold, forward_output=forward_output)

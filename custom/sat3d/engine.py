@@ -421,7 +421,7 @@ class TrainingCheckpoints:
             from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
 
             expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}
-            load_weights(self.network, self.init_weights, require=True, expect=expect)
+            load_weights(self.network, self.init_weights, require=True, expect=expect, grow=True)
             logger.info("fine-tuning from %s", self.init_weights)
         if trainer.state.epoch >= trainer.state.max_epochs:
             logger.warning(

@@ -132,7 +132,7 @@ class Sat3dProtocol:
         mask_prompt = state.mask_prompt
         if self.click_prompt_radius > 0 and points is not None and labels is not None and bool((labels >= 0).any()):
             mask_prompt = paint_clicks(mask_prompt, points, labels, self.click_prompt_radius, image.shape[2:])
-        low, iou = network.decode(embedding, points, labels, mask_prompt, state.confidence)
+        low, iou = network.decode(embedding, points, labels, mask_prompt, state.confidence, image=image)
         logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
         prob = torch.sigmoid(logits)
         critic_logits = network.critic.forward_logits(image, prob)
@@ -192,7 +192,7 @@ class PaperProtocol:
         else:
             points = torch.cat([points.to(pad_p.dtype), pad_p], 1)
             labels = torch.cat([labels.to(torch.long), pad_l], 1)
-        low, iou = network.decode(embedding, points, labels, state.mask_prompt, state.confidence)
+        low, iou = network.decode(embedding, points, labels, state.mask_prompt, state.confidence, image=image)
         logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
         conf_low, conf_full, critic_logits = self._feedback(network, image, logits, low.shape[2:])
         mask_prompt = low.detach() if detach_feedback else low

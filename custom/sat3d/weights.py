@@ -189,8 +189,12 @@ def check_config(config: Mapping[str, Any] | None, source: str, **settings: Any)
 
 
 def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require: bool = True,
-                 expect: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+                 expect: Mapping[str, Any] | None = None, grow: bool = False) -> dict[str, Any] | None:
     """Load weights into ``network`` after checking the run's settings ``expect`` against the file's config.
+
+    With ``grow`` (fine-tuning only), weights of a smaller preset load into a preset built on it
+    (:data:`sat3d.build.PRESET_BASES`, e.g. ``sat3d_base`` into ``sat3d_detail``): the added parameters
+    keep their initialisation and every other parameter must match as usual.
 
     Returns:
         the file's config (``None`` for a plain state dict), or ``None`` when no weights were loaded.
@@ -217,10 +221,24 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     state, config = read_weights(path)
     if config is None:
         logger.warning("%s carries no configuration (plain state dict): window, spacing and thresholds cannot be checked.", path)
-    else:
-        check_config(config, str(path), **dict(expect or {}))
+    expect = dict(expect or {})
+    added = ""
+    if grow and config is not None and expect.get("preset") is not None:
+        from .build import PRESET_BASES
+
+        base, prefix = PRESET_BASES.get(str(expect["preset"]), (None, ""))
+        if config.get("preset") == base:
+            expect.pop("preset")
+            added = prefix
+    if config is not None:
+        check_config(config, str(path), **expect)
     own = network.state_dict()
     state = {**{k: own[k] for k in own if _derived(k) and k not in state}, **state}
+    if added:
+        new = [k for k in own if k.startswith(added) and k not in state]
+        state.update({k: own[k] for k in new})
+        logger.info("%s holds %s weights: %d added parameter tensors (%s*) keep their initialisation.",
+                    path, config.get("preset"), len(new), added)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]

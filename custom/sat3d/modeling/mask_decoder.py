@@ -7,6 +7,7 @@ from monai.networks.nets.vista3d import MLP, TwoWayTransformer
 from torch import nn
 
 from .common import channel_norm
+from .detail_encoder import DetailEncoder3D
 
 __all__ = ["MaskDecoder3D"]
 
@@ -30,6 +31,10 @@ class MaskDecoder3D(nn.Module):
             ours; 4 in the authors' network, which inherited SAM's multimask tokens and reads only token 0).
         upscale_norm: normalisation after the first transposed conv, ``"group"`` (ours) or ``"layer"`` (the
             authors' per-voxel channel LayerNorm).
+        detail_channels: widths of a :class:`~sat3d.modeling.detail_encoder.DetailEncoder3D` whose features of
+            the crop are added after each transposed conv (as SAM 2 adds high-resolution features); ``None``
+            (the paper's decoder) for none.  With it, :meth:`forward` needs the crop.
+        in_channels: image channels (for the detail branch).
     """
 
     def __init__(
@@ -42,6 +47,8 @@ class MaskDecoder3D(nn.Module):
         iou_head_hidden: int = 256,
         num_mask_tokens: int = 1,
         upscale_norm: str = "group",
+        detail_channels: tuple[int, int, int] | None = None,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -58,11 +65,13 @@ class MaskDecoder3D(nn.Module):
             nn.ConvTranspose3d(c1, c2, kernel_size=2, stride=2),
             nn.GELU(),
         )
+        self.detail = None if detail_channels is None else DetailEncoder3D(in_channels, detail_channels, (c1, c2))
         self.hypernetwork = MLP(embed_dim, embed_dim, c2, 3)
         self.iou_head = MLP(embed_dim, iou_head_hidden, 1, 3)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
+        image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode.
 
@@ -71,6 +80,7 @@ class MaskDecoder3D(nn.Module):
             image_pe: ``(1, C, d, h, w)`` positional encoding of the grid.
             sparse: ``(B, N, C)`` click embeddings (``N`` may be 0).
             dense: ``(B, C, d, h, w)`` dense prompt embedding.
+            image: ``(B, C_in, 16d, 16h, 16w)`` the crop, needed (only) by a decoder with a detail branch.
 
         Returns:
             mask logits ``(B, 1, 4d, 4h, 4w)`` and predicted IoU ``(B, 1)``.
@@ -87,7 +97,16 @@ class MaskDecoder3D(nn.Module):
         hs, src = self.transformer(src, pos, tokens)
         iou_out, mask_out = hs[:, 0, :], hs[:, 1, :]
         src = src.transpose(1, 2).reshape(b, self.embed_dim, d, h, w)
-        upscaled = self.output_upscaling(src)
+        if self.detail is None:
+            upscaled = self.output_upscaling(src)
+        else:
+            if image is None:
+                raise ValueError("this mask decoder has a detail branch and needs the image crop (pass image=...).")
+            f8, f4 = self.detail(image.to(src.dtype))
+            if f8.shape[2:] != (2 * d, 2 * h, 2 * w):
+                raise ValueError(f"crop {tuple(image.shape[2:])} does not fit the embedding grid {(d, h, w)} (expected 16x).")
+            dc1, norm1, act1, dc2, act2 = self.output_upscaling
+            upscaled = act2(dc2(act1(norm1(dc1(src) + f8))) + f4)
         hyper = self.hypernetwork(mask_out)  # (B, c2)
         logits = torch.einsum("bc,bcdhw->bdhw", hyper, upscaled).unsqueeze(1)
         return logits, self.iou_head(iou_out)

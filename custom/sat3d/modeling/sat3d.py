@@ -67,6 +67,11 @@ class SAT3D(nn.Module):
         """Crop size the prompt encoder was built for."""
         return self.prompt_encoder.input_size  # type: ignore[return-value]
 
+    @property
+    def needs_image(self) -> bool:
+        """Whether :meth:`decode` needs the crop besides its embedding (decoder with a detail branch)."""
+        return getattr(self.mask_decoder, "detail", None) is not None
+
     def generator_parameters(self):
         """Parameters of encoder, prompt encoder and decoder (everything but the critic)."""
         return [p for n, p in self.named_parameters() if not n.startswith("critic.")]
@@ -82,6 +87,7 @@ class SAT3D(nn.Module):
         point_labels: torch.Tensor | None = None,
         prev_mask: torch.Tensor | None = None,
         confidence: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run prompt encoder and mask decoder on a cached embedding.
 
@@ -91,6 +97,8 @@ class SAT3D(nn.Module):
             point_labels: ``(B, N)`` 1 positive, 0 negative, -1 padding.
             prev_mask: ``(B, 1, ...)`` previous mask probability, or ``None``.
             confidence: ``(B, 1, ...)`` previous confidence map, or ``None``.
+            image: ``(B, C, D, H, W)`` the crop the embedding was computed from; needed when the decoder has a
+                detail branch (:attr:`needs_image`), ignored otherwise.
 
         Returns:
             low-resolution logits ``(B, 1, 4d, 4h, 4w)`` and IoU prediction ``(B, 1)``.
@@ -101,7 +109,8 @@ class SAT3D(nn.Module):
                 f"{self.prompt_encoder.embedding_size}; crops must be {self.roi_size}."
             )
         sparse, dense = self.prompt_encoder(points, point_labels, prev_mask, confidence, batch_size=embedding.shape[0])
-        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse.to(embedding.dtype), dense.to(embedding.dtype))
+        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse.to(embedding.dtype), dense.to(embedding.dtype),
+                                 image=image if self.needs_image else None)
 
     def judge(self, image: torch.Tensor, mask_prob: torch.Tensor) -> torch.Tensor:
         """Critic confidence ``(B, 1, D, H, W)`` in [0, 1] for a mask probability on an image crop."""
@@ -129,7 +138,7 @@ class SAT3D(nn.Module):
             the ``logits`` tensor.
         """
         embedding = self.encode(image)
-        low, iou = self.decode(embedding, points, point_labels, prev_mask, confidence)
+        low, iou = self.decode(embedding, points, point_labels, prev_mask, confidence, image=image)
         logits = F.interpolate(low, size=image.shape[2:], mode="trilinear", align_corners=False)
         if self.forward_output == "logits":
             return logits
