@@ -19,8 +19,9 @@ from ignite.engine import Events
 from sat3d import build_sat3d
 from sat3d.click_simulation import interior_voxel, next_click_volume, sample_error_clicks, sample_first_clicks
 from sat3d.data import load_datalist
-from sat3d.engine import SAT3DTrainer, TrainingCheckpoints, frozen
+from sat3d.engine import SAT3DTrainer, frozen
 from sat3d.evaluation import segmentation_metrics
+from sat3d.handlers import latest_checkpoint
 from sat3d.losses import CriticLoss, GeneratorLoss, uncertainty_masked_bce
 
 TINY = ["--preset", "sat3d_tiny", "--roi_size", "[32,32,32]", "--num_workers", "0"]
@@ -387,19 +388,30 @@ def test_iou_head_target_is_the_true_iou():
 
 
 def test_resume_restores_network_and_optimisers(tmp_path):
-    """Catches a resume that skips the network weights or the optimiser state: a fresh network and fresh
-    optimisers loaded from the checkpoint equal the saved state dicts."""
+    """Catches a checkpoint that leaves out the network, an optimiser or the trainer state: MONAI's saver writes
+    checkpoint_objects every iteration, latest_checkpoint finds the newest complete file (skipping a truncated
+    one), and MONAI's loader puts a fresh network and fresh optimisers back to the saved state."""
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+    from sat3d.handlers import checkpoint_file, checkpoint_objects, latest_checkpoint
+
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")
-    trainer, opt, copt = _trainer(net, [_one_batch()] * 2)
-    ckpts = TrainingCheckpoints(str(tmp_path), net, opt, copt, interval=1)
-    ckpts.attach(trainer)
+    trainer, opt, copt = _trainer(net, [_one_batch()] * 3)
+    objs = checkpoint_objects(trainer=trainer, network=net, optimizer=opt, critic_optimizer=copt, lr_scheduler=None)
+    assert set(objs) == {"trainer", "network", "optimizer", "critic_optimizer"}  # no AMP scaler on the CPU, None dropped
+    CheckpointSaver(str(tmp_path), objs, save_interval=1, epoch_level=False, n_saved=2).attach(trainer)
     trainer.run()
-    saved = torch.load(tmp_path / "checkpoint_latest.pt", map_location="cpu", weights_only=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_iteration=2.pt", "checkpoint_iteration=3.pt"]
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_iteration=3.pt")
+    saved = torch.load(latest_checkpoint(tmp_path), map_location="cpu", weights_only=False)
+    (tmp_path / "checkpoint_iteration=4.pt").write_bytes((tmp_path / "checkpoint_iteration=3.pt").read_bytes()[:5000])
+    assert checkpoint_file(tmp_path / "checkpoint_iteration=4.pt") is None  # killed while saving
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_iteration=3.pt")
     torch.manual_seed(1)
     net2 = build_sat3d("sat3d_tiny")
-    trainer2, opt2, copt2 = _trainer(net2, [_one_batch()] * 2)
-    assert TrainingCheckpoints(str(tmp_path), net2, opt2, copt2).resume(trainer2)  # what STARTED runs
+    trainer2, opt2, copt2 = _trainer(net2, [_one_batch()] * 3)
+    objs2 = checkpoint_objects(trainer=trainer2, network=net2, optimizer=opt2, critic_optimizer=copt2)
+    CheckpointLoader(latest_checkpoint(tmp_path), objs2, map_location="cpu")(trainer2)  # what STARTED runs
     for k, v in saved["network"].items():
         assert torch.equal(net2.state_dict()[k], v), k
     for mine, ref in ((opt2.state_dict(), saved["optimizer"]), (copt2.state_dict(), saved["critic_optimizer"])):
@@ -407,10 +419,7 @@ def test_resume_restores_network_and_optimisers(tmp_path):
         for i in ref["state"]:
             for name, t in ref["state"][i].items():
                 assert torch.equal(torch.as_tensor(mine["state"][i][name]), torch.as_tensor(t)), (i, name)
-    assert trainer2.state.iteration == saved["trainer"]["iteration"] == 2
-
-
-# ---------------------------------------------------------------- datalists
+    assert trainer2.state.iteration == saved["trainer"]["iteration"] == 3
 
 
 def test_bad_datalists_give_clear_errors(dataset, tmp_path):
@@ -481,26 +490,30 @@ def test_train_kill_resume_and_evaluate(dataset, tmp_path):
             "--num_prompt_steps", "2", "--val_interval", "1", "--checkpoint_interval", "1", "--target_labels", "[1,2]"]
     proc = subprocess.Popen(bundle_cmd("train", cfg, *args, "--max_epochs", "200"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    latest = out / "checkpoints" / "checkpoint_latest.pt"
+    ckpts = out / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and _ckpt(latest)["trainer"]["iteration"] >= 5:
+        latest = latest_checkpoint(ckpts)
+        if latest and _ckpt(latest)["trainer"]["iteration"] >= 5:
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, as from a scheduler or power loss
     proc.wait()
+    latest = latest_checkpoint(ckpts)  # the newest complete one: the kill may have truncated a file being written
     saved = _ckpt(latest)
     it = saved["trainer"]["iteration"]
     ep = it // saved["trainer"]["epoch_length"]  # ignite saves the iteration; the epoch follows from it
     assert it >= 5
     for name in ("checkpoint_best_loss.pt", "checkpoint_best_dice.pt", "model.pt"):
         assert (out / "checkpoints" / name).is_file(), name
+    for name in ("checkpoint_best_loss.pt", "checkpoint_best_dice.pt"):  # they carry their saver's best score for a resume
+        assert _ckpt(out / "checkpoints" / name)["checkpointer"]["_saved"], name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     res = subprocess.run(bundle_cmd("train", cfg, *args, "--max_epochs", str(ep + 1)), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resumed from {latest} at epoch {ep}, iteration {it}" in res.stdout + res.stderr
-    final = _ckpt(latest)
+    final = _ckpt(latest_checkpoint(ckpts))
     assert final["trainer"]["iteration"] == (ep + 1) * final["trainer"]["epoch_length"] and final["trainer"]["iteration"] > it
     # the exported model.pt loads into the network and evaluates end to end
     ev = tmp_path / "eval"

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from .atomic import atomic_path
-from .bundle_utils import flag
 from .click_simulation import CLICK_SAMPLING, sample_error_clicks, sample_first_clicks
 from .constants import MASK_THRESHOLD
 from .losses import CriticLoss, GeneratorLoss
 from .protocols import Sat3dProtocol, StepOutput, StepState
 
-__all__ = ["SAT3DTrainer", "TrainingCheckpoints", "frozen", "average_gradients", "target_rows"]
+__all__ = ["SAT3DTrainer", "frozen", "average_gradients", "target_rows"]
 
 logger = logging.getLogger("sat3d.train")
 
@@ -291,172 +287,6 @@ class SAT3DTrainer(SupervisedTrainer):
         engine.state.output["critic_loss"] = c_loss.detach()
         engine.state.output.update({f"loss_{k}": v for k, v in terms.items()})
         return engine.state.output
-
-
-def _atomic_save(obj: Any, target: Path) -> None:
-    with atomic_path(target, overwrite=True) as tmp:
-        torch.save(obj, tmp)
-
-
-class TrainingCheckpoints:
-    """Checkpoints ``latest`` / ``best_loss`` / ``best_dice`` with everything needed to resume, plus ``model.pt``.
-
-    Each checkpoint holds the network (critic included), both optimisers, the learning-rate schedulers,
-    the AMP scalers and the trainer state; files are written atomically, so a kill during a save leaves
-    the previous checkpoint intact.  ``model.pt`` (the weights format of :mod:`sat3d.weights`, carrying
-    ``model_config``) is exported next to them whenever ``latest`` is written, for the inference workflow.
-    Only rank 0 writes.  An Ignite handler (``attach``, e.g. from the trainer's handler list): when the
-    trainer starts it resumes from ``checkpoint_latest.pt`` or starts from ``init_weights``.
-
-    Args:
-        ckpt_dir: folder of the checkpoints.
-        network: the SAT3D network.
-        optimizer: generator optimiser.
-        critic_optimizer: critic optimiser.
-        schedulers: learning-rate schedulers to save/restore.
-        interval: write ``latest`` every this many iterations (and at the end of each epoch).
-        validator: evaluator whose key metric (mean Dice) selects ``best_dice``.
-        model_export: path of the exported ``model.pt`` (``None`` = ``ckpt_dir/model.pt``).
-        model_config: configuration written with ``model.pt`` (see :mod:`sat3d.weights`): preset, roi_size,
-            spacing, intensity, thresholds, a one-line training summary.
-        init_weights: weights file to start from when there is no checkpoint to resume (fine-tuning,
-            e.g. the shipped ``bundle/models/model.pt``); its configuration must match ``model_config``.
-        resume: continue from ``checkpoint_latest.pt`` when it exists (after a crash or kill).
-    """
-
-    def __init__(
-        self,
-        ckpt_dir: str,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        critic_optimizer: torch.optim.Optimizer,
-        schedulers: list | None = None,
-        interval: int = 100,
-        validator: Engine | None = None,
-        model_export: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        init_weights: str | None = None,
-        resume: bool = True,
-    ) -> None:
-        if interval < 1:
-            raise ValueError(f"checkpoint interval must be >= 1 iteration, got {interval}.")
-        self.dir = Path(ckpt_dir)
-        self.network = network
-        self.optimizer = optimizer
-        self.critic_optimizer = critic_optimizer
-        self.schedulers = list(schedulers or [])
-        self.interval = int(interval)
-        self.validator = validator
-        self.model_export = Path(model_export) if model_export else self.dir / "model.pt"
-        self.model_config = dict(model_config or {})
-        from .weights import optional_path
-
-        self.init_weights = optional_path(init_weights)
-        self.resume_enabled = flag(resume)
-        self.best_loss = float("inf")
-        self.best_dice = -float("inf")
-        self._epoch_losses: list[float] = []
-
-    @staticmethod
-    def _rank0() -> bool:
-        return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-    def state(self, trainer: Engine) -> dict[str, Any]:
-        """Everything that is saved."""
-        out = {
-            "network": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "schedulers": [s.state_dict() for s in self.schedulers],
-            "trainer": trainer.state_dict(),
-            "best_loss": self.best_loss,
-            "best_dice": self.best_dice,
-        }
-        for name in ("scaler", "critic_scaler"):
-            scaler = getattr(trainer, name, None)
-            if scaler is not None:
-                out[name] = scaler.state_dict()
-        return out
-
-    def save(self, trainer: Engine, which: str) -> None:
-        """Write ``checkpoint_<which>.pt`` (and ``model.pt`` with ``latest``)."""
-        if not self._rank0():
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.state(trainer), self.dir / f"checkpoint_{which}.pt")
-        if which == "latest":
-            from .weights import save_weights
-
-            config = dict(self.model_config)
-            config.setdefault("training", f"sat3d train workflow, iteration {trainer.state.iteration}, epoch {trainer.state.epoch}")
-            save_weights(self.network, self.model_export, config, half=False)
-
-    def resume(self, trainer: Engine, enabled: bool = True) -> bool:
-        """Load ``checkpoint_latest.pt`` if it exists; returns whether the run resumes."""
-        path = self.dir / "checkpoint_latest.pt"
-        if not enabled or not path.is_file():
-            return False
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        self.network.load_state_dict(ckpt["network"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.critic_optimizer.load_state_dict(ckpt["critic_optimizer"])
-        for s, sd in zip(self.schedulers, ckpt.get("schedulers", [])):
-            s.load_state_dict(sd)
-        for name in ("scaler", "critic_scaler"):
-            scaler = getattr(trainer, name, None)
-            if scaler is not None and name in ckpt:
-                scaler.load_state_dict(ckpt[name])
-        max_epochs = trainer.state.max_epochs  # the configured value wins over the saved one
-        trainer.load_state_dict(ckpt["trainer"])
-        trainer.state.max_epochs = max_epochs
-        self.best_loss, self.best_dice = ckpt.get("best_loss", self.best_loss), ckpt.get("best_dice", self.best_dice)
-        logger.info("resumed from %s at epoch %d, iteration %d", path, trainer.state.epoch, trainer.state.iteration)
-        return True
-
-    def _started(self, trainer: Engine) -> None:
-        """At the start of ``trainer.run()``: resume from ``checkpoint_latest.pt`` when enabled and present,
-        else start from ``init_weights`` when given.  A run that already reached ``max_epochs`` is not
-        restarted from scratch: it says so and the trainer ends without an iteration."""
-        if not self.resume(trainer, self.resume_enabled) and self.init_weights:
-            from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
-
-            expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}
-            load_weights(self.network, self.init_weights, require=True, expect=expect, grow=True)
-            logger.info("fine-tuning from %s", self.init_weights)
-        if trainer.state.epoch >= trainer.state.max_epochs:
-            logger.warning(
-                "training already finished: epoch %d of max_epochs %d in %s; raise max_epochs to continue.",
-                trainer.state.epoch, trainer.state.max_epochs, self.dir,
-            )
-
-    def attach(self, trainer: Engine) -> None:
-        """Register resuming (at ``STARTED``) and the saving events on the trainer."""
-        trainer.add_event_handler(Events.STARTED, self._started)
-        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), lambda e: self.save(e, "latest"))
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._collect_loss)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-        if self.validator is not None:
-            self.validator.add_event_handler(Events.COMPLETED, lambda _: self._validated(trainer))
-
-    def _collect_loss(self, trainer: Engine) -> None:
-        loss = trainer.state.output.get(Keys.LOSS) if isinstance(trainer.state.output, dict) else None
-        if loss is not None:
-            self._epoch_losses.append(float(loss))
-
-    def _epoch_completed(self, trainer: Engine) -> None:
-        if self._epoch_losses:
-            mean = sum(self._epoch_losses) / len(self._epoch_losses)
-            self._epoch_losses = []
-            if mean < self.best_loss:
-                self.best_loss = mean
-                self.save(trainer, "best_loss")
-        self.save(trainer, "latest")
-
-    def _validated(self, trainer: Engine) -> None:
-        metric = self.validator.state.metrics.get(self.validator.state.key_metric_name) if self.validator else None
-        if metric is not None and float(metric) > self.best_dice:
-            self.best_dice = float(metric)
-            self.save(trainer, "best_dice")
 
 
 def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> torch.nn.Module:

@@ -1,13 +1,159 @@
-"""Ignite handlers SAT3D adds: a plain-text progress line (iterations, losses, speed, ETA) for log files."""
+"""Ignite handlers SAT3D adds to MONAI's: a plain-text progress line (iterations, losses, speed, ETA) for log
+files, the start of a run (fine-tuning from a weights file, or a note on the resumed checkpoint) and the
+export of ``model.pt`` in the weights format of :mod:`sat3d.weights`.
+
+Saving and resuming the training state is MONAI's ``CheckpointSaver`` / ``CheckpointLoader`` (Ignite's
+``Checkpoint``); :func:`latest_checkpoint` finds the file to resume from and :func:`checkpoint_objects` lists
+what goes into it.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+import zipfile
+from pathlib import Path
+from typing import Any
 
+import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-__all__ = ["ProgressLogger"]
+__all__ = ["ProgressLogger", "TrainingStart", "ExportWeights", "latest_checkpoint", "checkpoint_file", "checkpoint_objects"]
+
+logger = logging.getLogger("sat3d.train")
+
+#: iteration-numbered checkpoints MONAI's CheckpointSaver writes (interval and final)
+_CKPT_NAME = re.compile(r"^checkpoint_(?:final_)?iteration=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | Path, enabled: bool | str = True) -> str | None:
+    """The newest complete training checkpoint in ``ckpt_dir`` (``checkpoint_iteration=N.pt`` or
+    ``checkpoint_final_iteration=N.pt`` from MONAI's ``CheckpointSaver``), or ``None`` (also when not ``enabled``:
+    the config's ``resume`` switch).
+
+    MONAI writes these files in place (not atomically), so a kill during a save can leave the newest one
+    truncated; such a file (not a complete zip archive) is skipped with a warning and the one before it
+    (the saver keeps two) is used.
+    """
+    from .bundle_utils import flag
+
+    folder = Path(ckpt_dir)
+    if not flag(enabled) or not folder.is_dir():
+        return None
+    found = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_NAME.match(p.name))), reverse=True)
+    for _, path in found:
+        if checkpoint_file(path) is not None:
+            return str(path)
+    return None
+
+
+def checkpoint_file(path: str | Path | None) -> str | None:
+    """``path`` if it is a complete checkpoint (a readable zip archive, as ``torch.save`` writes), else ``None``
+    (``None``, missing, or truncated by a kill during a save: a warning names it)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path):  # opening reads the central directory, written last: a truncated file lacks it
+            pass
+    except (zipfile.BadZipFile, OSError):
+        logger.warning("%s is incomplete (interrupted while saving); skipping it.", path)
+        return None
+    return str(path)
+
+
+def checkpoint_objects(trainer: Any = None, **objects: Any) -> dict[str, Any]:
+    """What a resumable checkpoint holds: the given objects (network, optimisers, schedulers) without
+    ``None`` entries, plus the trainer and its AMP scalers when it has them."""
+    out = {k: v for k, v in objects.items() if v is not None}
+    if trainer is not None:
+        out["trainer"] = trainer
+        for name in ("scaler", "critic_scaler"):
+            if getattr(trainer, name, None) is not None:
+                out[name] = getattr(trainer, name)
+    return out
+
+
+def _rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class TrainingStart:
+    """At ``STARTED`` (after MONAI's ``CheckpointLoader``): say where a resumed run continues, or, for a new run,
+    load ``init_weights`` (fine-tuning; weights of a preset's base grow into it, see
+    :func:`sat3d.weights.load_weights`).  A run that already reached ``max_epochs`` says so.
+
+    Args:
+        network: the SAT3D network.
+        resumed_from: the checkpoint the loader restored (``None``: a new run).
+        init_weights: weights file for a new run (``None``: random initialisation).
+        model_config: the run's configuration; its checked keys must agree with the weights file's.
+    """
+
+    def __init__(self, network: torch.nn.Module, resumed_from: str | None = None, init_weights: str | None = None,
+                 model_config: dict[str, Any] | None = None) -> None:
+        from .weights import optional_path
+
+        self.network = network
+        self.resumed_from = resumed_from
+        self.init_weights = optional_path(init_weights)
+        self.model_config = dict(model_config or {})
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.resumed_from:
+            logger.info("resumed from %s at epoch %d, iteration %d", self.resumed_from, engine.state.epoch, engine.state.iteration)
+        elif self.init_weights:
+            from .weights import CHECKED_KEYS, FINE_TUNABLE_KEYS, load_weights
+
+            expect = {k: v for k, v in self.model_config.items() if k in CHECKED_KEYS and k not in FINE_TUNABLE_KEYS}
+            load_weights(self.network, self.init_weights, require=True, expect=expect, grow=True)
+            logger.info("fine-tuning from %s", self.init_weights)
+        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
+            logger.warning("training already finished: epoch %d of max_epochs %d; raise max_epochs to continue.",
+                           engine.state.epoch, engine.state.max_epochs)
+
+
+class ExportWeights:
+    """Write ``path`` in the weights format (float32, carrying ``model_config`` and the iteration) every
+    ``interval`` iterations and when the run completes; rank 0 only, atomically.  This is the ``model.pt``
+    the inference and evaluate workflows read.
+
+    Args:
+        network: the SAT3D network.
+        path: output file.
+        model_config: configuration stored with the weights (see :mod:`sat3d.weights`).
+        interval: iterations between exports.
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str, model_config: dict[str, Any] | None = None, interval: int = 100) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"interval must be >= 1 iteration, got {interval}.")
+        self.network = network
+        self.path = Path(path)
+        self.model_config = dict(model_config or {})
+        self.interval = int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not _rank0():
+            return
+        from .weights import save_weights
+
+        config = dict(self.model_config)
+        config.setdefault("training", "sat3d train workflow")
+        config["training"] = f"{config['training']} (iteration {engine.state.iteration}, epoch {engine.state.epoch})"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(self.network, self.path, config, half=False)
 
 
 class ProgressLogger:
