@@ -398,3 +398,22 @@ def test_training_evaluation_and_inference_preprocess_a_volume_identically(tmp_p
         assert outputs[n][0].shape == ref_img.shape, n
         assert torch.equal(outputs[n][0], ref_img), f"{n} preprocesses differently from {names[0]}"
         np.testing.assert_allclose(outputs[n][1], ref_aff, err_msg=n)
+
+
+def test_the_loading_chain_is_defined_once():
+    """The four preprocessing chains start with the one chain of sat3d.transforms.loading_transforms, fed by each
+    config's own spacing and intensity knobs, and MONAI Label still finds LoadImaged in the flat list."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import LoadImaged
+
+    for config, sec in (("train.json", "train#"), ("train.json", "validate#"), ("evaluate.json", ""), ("inference.json", "")):
+        cp = ConfigParser()
+        cp.read_config(str(BUNDLE / "configs" / config))
+        loading = cp[f"{sec}loading"]
+        assert loading["_target_"] == "sat3d.transforms.loading_transforms", (config, sec)
+        assert (loading["spacing"], loading["intensity"]) == ("@spacing", "@intensity"), (config, sec)
+        assert cp[f"{sec}preprocessing"]["transforms"].replace("::", "#").startswith(f"$@{sec}loading + "), (config, sec)
+        if config == "inference.json":
+            cp.update({"bundle_root": str(BUNDLE), "require_weights": False})
+            chain = cp.get_parsed_content("preprocessing").transforms
+            assert isinstance(chain[0], LoadImaged) and not any(hasattr(t, "transforms") for t in chain)

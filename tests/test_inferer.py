@@ -32,7 +32,7 @@ class Recorder(torch.nn.Module):
         self.encoded.append(x.shape[0])
         return x.clone()
 
-    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None):
+    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None, image=None):
         self.calls.append((emb, points, point_labels, prev_mask))
         logits = torch.logit(prev_mask.clamp(1e-6, 1 - 1e-6)) if prev_mask is not None else emb[:, :1]
         return logits, torch.zeros(emb.shape[0], 1)

@@ -594,7 +594,7 @@ class _ThresholdNet(torch.nn.Module):
     def encode(self, x):
         return x
 
-    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None):
+    def decode(self, emb, points=None, point_labels=None, prev_mask=None, confidence=None, image=None):
         return 20.0 * (emb > 0.5).float() - 10.0, torch.full((emb.shape[0], 1), 0.9)  # IoU head says 0.9
 
     def judge(self, image, prob):

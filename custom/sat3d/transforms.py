@@ -6,13 +6,14 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.transforms import Spacingd as _MonaiSpacingd
 
-__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd"]
+__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd", "loading_transforms"]
 
 
 class ValidateVolumed(MapTransform):
@@ -251,3 +252,43 @@ def _as_list(points: Any) -> list:
     if hasattr(points, "tolist"):
         return points.tolist()
     return [list(p) for p in points]
+
+
+def loading_transforms(keys: KeysCollection = "image", spacing: Any = (1.5, 1.5, 1.5), intensity: Mapping[str, Any] | None = None,
+                       modality: str | None = None, axcodes: str = "RAS", dtype: Any = "float32") -> list:
+    """The chain every workflow starts with, defined once: load (geometry exactly as the header states it),
+    channel first, validate, reorient to ``axcodes``, resample to ``spacing``, normalise intensities.
+
+    Training, validation, evaluation and inference (hence MONAI Label, which patches the ``LoadImaged`` it
+    finds in the flat list) all build their preprocessing from this list plus their own transforms, so a model
+    never sees volumes prepared differently from those it was trained on.
+
+    Args:
+        keys: the image key first, then label keys (resampled with nearest neighbour).
+        spacing: target voxel size in mm (``None``: keep each volume's grid).
+        intensity: the normalisation (see :class:`IntensityNormalized`).
+        modality: the modality given for the whole run, if any.
+        axcodes: orientation to reorient to.
+        dtype: dtype the volumes are read as (``None``: as stored).
+
+    Returns:
+        a list of transforms, to be concatenated with the workflow's own.
+    """
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, Orientationd
+    from monai.utils import ensure_tuple
+
+    from .volumes import ExactNibabelReader
+
+    keys = list(ensure_tuple(keys))
+    if not keys:
+        raise ValueError("loading_transforms needs at least the image key.")
+    image = keys[0]
+    np_dtype = None if dtype is None else np.dtype(str(dtype)).type
+    return [
+        LoadImaged(keys, image_only=True, dtype=np_dtype, reader=ExactNibabelReader()),
+        EnsureChannelFirstd(keys),
+        ValidateVolumed(image),
+        Orientationd(keys, axcodes=axcodes),
+        Spacingd(keys, pixdim=spacing, mode=["bilinear"] + ["nearest"] * (len(keys) - 1)),
+        IntensityNormalized(image, intensity=intensity or {}, modality=modality),
+    ]
