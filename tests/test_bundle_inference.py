@@ -417,3 +417,14 @@ def test_the_loading_chain_is_defined_once():
             cp.update({"bundle_root": str(BUNDLE), "require_weights": False})
             chain = cp.get_parsed_content("preprocessing").transforms
             assert isinstance(chain[0], LoadImaged) and not any(hasattr(t, "transforms") for t in chain)
+
+
+@pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
+def test_default_weights_follow_bundle_root(config, tmp_path):
+    """MONAI's convention: bundle_root defaults to the current folder (not guessed from the command line) and the
+    default weights are <bundle_root>/models/model.pt, so '--bundle_root bundle' (the README) finds the bundle's."""
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / config))
+    assert cp["bundle_root"] == "."
+    cp.update({"bundle_root": str(tmp_path)})
+    assert cp.get_parsed_content("ckpt_path") == str(tmp_path) + "/models/model.pt"

@@ -53,7 +53,7 @@ def test_exported_bundle_runs_standalone(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import sat3d"], cwd=work, env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "must not be used" in check.stderr
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(out / "configs" / "inference.json"),
-           "--dataset_dir", str(data), "--output_dir", str(tmp_path / "pred"), "--preset", "sat3d_tiny", "--roi_size", "[32,32,32]"]
+           "--bundle_root", str(out), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "pred"), "--preset", "sat3d_tiny", "--roi_size", "[32,32,32]"]
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"loaded weights from {out / 'models' / 'model.pt'}" in res.stdout + res.stderr

@@ -46,7 +46,7 @@ def demo(tmp_path_factory):
 def _readme_command(data, out, *extra):
     # the README's demo command, without --require_weights or --ckpt_path: the shipped weights are used
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-           "--dataset_dir", str(data), "--output_dir", str(out), *extra]
+           "--bundle_root", str(BUNDLE), "--dataset_dir", str(data), "--output_dir", str(out), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
 
 
@@ -56,7 +56,7 @@ def test_weights_are_shipped_small_and_carry_their_configuration():
     cfg = read_config(WEIGHTS)
     for key in ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "version", "training"):
         assert key in cfg, key
-    assert cfg["preset"] == "sat3d_base" and cfg["training"]
+    assert cfg["preset"] in ("sat3d_base", "sat3d_detail") and cfg["training"]
 
 
 def test_demo_with_one_click_and_automatic(demo):

@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import ast
-import sys
-from pathlib import Path
 from typing import Any
 
 from monai.utils import str2bool
 
-__all__ = ["find_bundle_root", "flag", "parse_clicked_windows_only"]
-
-
-def find_bundle_root(default: str = ".", argv: list[str] | None = None) -> str:
-    """The bundle folder of the config file given to ``python -m monai.bundle run ... --config_file X``.
-
-    MONAI does not define ``bundle_root`` by itself; the configs use this so that ``models/model.pt`` is
-    found next to ``configs/`` wherever the command is run from.  ``--bundle_root`` on the command line
-    still overrides it.
-
-    Args:
-        default: returned when no ``--config_file`` is on the command line (e.g. MONAI Label, which sets
-            ``bundle_root`` itself).
-        argv: command line to inspect (default ``sys.argv``).
-    """
-    args = sys.argv if argv is None else argv
-    for i, arg in enumerate(args):
-        value = None
-        if arg == "--config_file" and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value is None:
-            continue
-        if value.strip().startswith("["):
-            try:
-                value = ast.literal_eval(value)[0]
-            except (ValueError, SyntaxError, IndexError):
-                return default
-        cfg_dir = Path(value).resolve().parent
-        return str(cfg_dir.parent if cfg_dir.name == "configs" else cfg_dir)
-    return default
+__all__ = ["flag", "parse_clicked_windows_only"]
 
 
 def flag(value: Any) -> bool:
