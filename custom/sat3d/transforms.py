@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, SpatialResample
 from monai.transforms import Spacingd as _MonaiSpacingd
+from monai.utils import TraceKeys
 
-__all__ = ["ValidateVolumed", "Spacingd", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd", "loading_transforms"]
+__all__ = ["ValidateVolumed", "Spacingd", "BoxedInverseResample", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd", "loading_transforms"]
 
 
 class ValidateVolumed(MapTransform):
@@ -49,12 +51,83 @@ class ValidateVolumed(MapTransform):
         return d
 
 
+class BoxedInverseResample(SpatialResample):
+    """MONAI's ``SpatialResample`` whose inverse resamples only the box where the image is not constant.
+
+    A prediction made in clicked-windows mode is background (one value per channel) outside the clicked
+    windows; restoring the input grid (``Invertd``) then spends most of its time interpolating that constant.
+    When the non-constant voxels fill at most ``max_fraction`` of the grid, only the part of the output that
+    can see them (their box plus one voxel, mapped to the output grid) is sampled, with the same voxel mapping,
+    interpolation and border padding; the rest is the background value, which is what interpolating it gives
+    (up to ``tolerance``, relative: blended background windows carry rounding errors).
+    Otherwise, and for modes other than bilinear/nearest with border padding, MONAI's inverse runs unchanged.
+    The forward transform is MONAI's.
+    """
+
+    max_fraction = 0.5
+    #: relative deviation from the background value still treated as background
+    tolerance = 1e-5
+    #: the output box the last inverse sampled (``None``: it ran MONAI's full resampling)
+    last_box: list[tuple[int, int]] | None = None
+
+    def inverse(self, data: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        self.last_box = None
+        if not isinstance(data, MetaTensor) or data.ndim != 4 or not data.applied_operations:
+            return super().inverse(data)
+        transform = data.applied_operations[-1]
+        extra = transform.get(TraceKeys.EXTRA_INFO, {})
+        if extra.get("mode") not in ("bilinear", "nearest") or extra.get("padding_mode") != "border" or "src_affine" not in extra:
+            return super().inverse(data)
+        x = data.as_tensor()
+        bg = x[:, :1, :1, :1]
+        # blending windows of background gives it back up to rounding (-20.0000076 for -20): that counts as constant
+        varying = ((x - bg).abs() > self.tolerance * bg.abs().clamp(min=1.0)).any(0)
+        n_varying = int(varying.sum())
+        if n_varying > self.max_fraction * varying.numel():
+            return super().inverse(data)
+        out_size = [int(v) for v in transform[TraceKeys.ORIG_SIZE]]
+        dst_affine = torch.as_tensor(extra["src_affine"], dtype=torch.float64).cpu()
+        src_affine = torch.as_tensor(data.affine, dtype=torch.float64).cpu()
+        xform = torch.linalg.solve(src_affine, dst_affine)  # output voxel -> input voxel, as MONAI's resampling
+        lin = xform[:3, :3]
+        if not torch.allclose(lin, torch.diag(torch.diagonal(lin)), atol=1e-6) or bool((torch.diagonal(lin).abs() < 1e-9).any()):
+            return super().inverse(data)  # not axis-aligned: MONAI's general resampling
+        self.pop_transform(data)
+        out = bg.to(torch.float32).expand(x.shape[0], *out_size).clone()
+        if n_varying:
+            idx = varying.nonzero()
+            lo, hi = idx.min(0).values.tolist(), idx.max(0).values.tolist()
+            box = []
+            for ax in range(3):
+                scale, shift = float(xform[ax, ax]), float(xform[ax, 3])
+                # input coordinates whose (border-clamped) interpolation sees a varying voxel
+                q0 = -math.inf if lo[ax] == 0 else lo[ax] - 1.0
+                q1 = math.inf if hi[ax] == x.shape[ax + 1] - 1 else hi[ax] + 1.0
+                p0, p1 = sorted(((q0 - shift) / scale, (q1 - shift) / scale))
+                box.append((max(int(math.floor(max(p0, -1.0))), 0), min(int(math.ceil(min(p1, float(out_size[ax])))), out_size[ax] - 1)))
+            self.last_box = box
+            if all(a <= b for a, b in box):
+                grids = torch.meshgrid(*[torch.arange(a, b + 1, dtype=torch.float64) for a, b in box], indexing="ij")
+                pts = torch.stack([*grids, torch.ones_like(grids[0])], -1) @ xform.T
+                norm = [2.0 * pts[..., ax] / max(x.shape[ax + 1] - 1, 1) - 1.0 for ax in range(3)]
+                grid = torch.stack(norm[::-1], -1)[None].to(torch.float32)
+                vals = torch.nn.functional.grid_sample(x[None].to(torch.float32), grid, mode=extra["mode"],
+                                                       padding_mode="border", align_corners=True)[0]
+                out[:, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1, box[2][0]:box[2][1] + 1] = vals
+        res = MetaTensor(out, affine=dst_affine.to(torch.float64), meta=dict(data.meta))
+        res.applied_operations = data.applied_operations
+        return res
+
+
 class Spacingd(_MonaiSpacingd):
-    """MONAI's ``Spacingd`` without its side effect on other entries.
+    """MONAI's ``Spacingd`` without its side effect on other entries, and with a fast inverse.
 
     MONAI's version calls ``update`` on every entry whose name starts with ``<key>_`` (meant for
     ``image_meta_dict``); MONAI Label's requests carry the string ``image_path``, so the server failed
     with "'str' object has no attribute 'update'".  Entries that are not dicts are set aside during the call.
+
+    The inverse (``Invertd`` restoring the input grid) resamples only where the data is not constant (see
+    :class:`BoxedInverseResample`): a click in MONAI Label computes a few windows of a large volume.
 
     ``pixdim=None`` keeps the input grid (weights trained on native grids, e.g. the authors'); the transform
     and its inverse are then identities.
@@ -63,6 +136,9 @@ class Spacingd(_MonaiSpacingd):
     def __init__(self, keys, pixdim, *args, **kwargs) -> None:
         self.keep_grid = pixdim is None
         super().__init__(keys, pixdim if pixdim is not None else 1.0, *args, **kwargs)
+        sp = self.spacing_transform.sp_resample
+        self.spacing_transform.sp_resample = BoxedInverseResample(
+            mode=sp.mode, padding_mode=sp.padding_mode, align_corners=sp.align_corners, dtype=sp.dtype, lazy=sp.lazy)
 
     def inverse(self, data):  # noqa: D102
         return dict(data) if self.keep_grid else super().inverse(data)
@@ -255,7 +331,7 @@ def _as_list(points: Any) -> list:
 
 
 def loading_transforms(keys: KeysCollection = "image", spacing: Any = (1.5, 1.5, 1.5), intensity: Mapping[str, Any] | None = None,
-                       modality: str | None = None, axcodes: str = "RAS", dtype: Any = "float32") -> list:
+                       modality: str | None = None, axcodes: str = "RAS", dtype: Any = "float32", reader_cache: int = 0) -> list:
     """The chain every workflow starts with, defined once: load (geometry exactly as the header states it),
     channel first, validate, reorient to ``axcodes``, resample to ``spacing``, normalise intensities.
 
@@ -270,6 +346,7 @@ def loading_transforms(keys: KeysCollection = "image", spacing: Any = (1.5, 1.5,
         modality: the modality given for the whole run, if any.
         axcodes: orientation to reorient to.
         dtype: dtype the volumes are read as (``None``: as stored).
+        reader_cache: files whose decoded voxels the reader keeps (see :class:`sat3d.volumes.ExactNibabelReader`).
 
     Returns:
         a list of transforms, to be concatenated with the workflow's own.
@@ -285,7 +362,7 @@ def loading_transforms(keys: KeysCollection = "image", spacing: Any = (1.5, 1.5,
     image = keys[0]
     np_dtype = None if dtype is None else np.dtype(str(dtype)).type
     return [
-        LoadImaged(keys, image_only=True, dtype=np_dtype, reader=ExactNibabelReader()),
+        LoadImaged(keys, image_only=True, dtype=np_dtype, reader=ExactNibabelReader(cache_size=reader_cache)),
         EnsureChannelFirstd(keys),
         ValidateVolumed(image),
         Orientationd(keys, axcodes=axcodes),

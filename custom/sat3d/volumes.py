@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +77,54 @@ def list_volumes(folder: str | os.PathLike, exclude_outputs: bool = False) -> tu
 
 
 class ExactNibabelReader(NibabelReader):
-    """MONAI's ``NibabelReader`` without its header "repair".
+    """MONAI's ``NibabelReader`` without its header "repair", optionally keeping decoded volumes.
 
     MONAI rewrites a header whose sform voxel sizes differ from ``pixdim`` (for example a valid sform with
     code 2 next to an identity qform with code 0 loses its origin and spacing).  This reader keeps the
     geometry exactly as nibabel states it (the sform when its code is set, else the qform), which is where
     3D Slicer / ITK put the image too; headers that are really broken are refused by
     :func:`geometry_problem` instead of being guessed.
+
+    With ``cache_size`` > 0 the decoded voxels of the last ``cache_size`` files are kept, keyed by path,
+    modification time and size, and each read gets its own copy: MONAI Label reads the same study for every
+    click, and decompressing a 256x256x160 ``.nii.gz`` takes about half a second on the 2-core CPU.
+
+    Args:
+        cache_size: files whose decoded voxels are kept (0: none).
+        args, kwargs: as :class:`monai.data.NibabelReader`.
     """
+
+    def __init__(self, *args: Any, cache_size: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if int(cache_size) < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}.")
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+        #: reads answered from the cache (for tests and benchmarks)
+        self.hits = 0
 
     def read(self, data, **kwargs):  # noqa: D102 - as NibabelReader.read, minus correct_nifti_header_if_necessary
         kw = {**self.kwargs, **kwargs}
-        images = [nib.load(str(name), **kw) for name in ensure_tuple(data)]
+        images = [self._load(str(name), kw) for name in ensure_tuple(data)]
         self.filenames = ensure_tuple(data)
         return images if len(images) > 1 else images[0]
+
+    def _load(self, name: str, kw: dict) -> Any:
+        if self.cache_size == 0:
+            return nib.load(name, **kw)
+        st = os.stat(name)
+        key = (os.path.realpath(name), st.st_mtime_ns, st.st_size, tuple(sorted(kw.items())))
+        img = nib.load(name, **kw)  # header and geometry as stored (cheap: the voxels are not decoded yet)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            voxels = self._cache[key]
+            self.hits += 1
+        else:
+            voxels = self._cache[key] = np.asanyarray(img.dataobj)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        img._dataobj = voxels.copy()  # noqa: SLF001 - the decoded voxels, as np.asanyarray(img.dataobj) gives them
+        return img
 
 
 def geometry_problem(hdr: Any) -> str | None:
