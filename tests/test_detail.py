@@ -57,3 +57,15 @@ def test_detail_weights_grow_from_base_weights_only_when_fine_tuning(tmp_path):
     paper = save_weights(build_sat3d("sat3d_tiny"), tmp_path / "tiny.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32]})
     with pytest.raises(ValueError, match="preset"):
         load_weights(build_sat3d("sat3d_detail", overrides=ROI), paper, expect=expect, grow=True)
+
+
+def test_lr_multipliers_make_groups_over_every_generator_parameter():
+    net = _tiny_detail()
+    groups = net.generator_param_groups(1e-3, {"mask_decoder.detail.": 10})
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in net.generator_parameters()) and len(ids) == len(set(ids))
+    fast = next(g for g in groups if g["lr"] == pytest.approx(1e-2))
+    assert {id(p) for p in fast["params"]} == {id(p) for p in net.mask_decoder.detail.parameters()}
+    assert len(net.generator_param_groups(1e-3)) == 1
+    with pytest.raises(ValueError, match="names no generator parameter"):
+        net.generator_param_groups(1e-3, {"decoder.typo": 2})

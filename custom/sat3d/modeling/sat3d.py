@@ -76,6 +76,26 @@ class SAT3D(nn.Module):
         """Parameters of encoder, prompt encoder and decoder (everything but the critic)."""
         return [p for n, p in self.named_parameters() if not n.startswith("critic.")]
 
+    def generator_param_groups(self, lr: float, lr_multipliers: dict[str, float] | None = None) -> list[dict]:
+        """Optimiser parameter groups of :meth:`generator_parameters`: parameters whose name starts with a key of
+        ``lr_multipliers`` learn at ``lr`` times its value (e.g. a part grown onto trained weights), the rest at ``lr``.
+
+        Raises:
+            ValueError: for a prefix that names no generator parameter or a multiplier that is not positive.
+        """
+        mult = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+        named = [(n, p) for n, p in self.named_parameters() if not n.startswith("critic.")]
+        groups: dict[float, list] = {}
+        for prefix, m in mult.items():
+            if m <= 0:
+                raise ValueError(f"lr multiplier of {prefix!r} must be > 0, got {m}.")
+            if not any(n.startswith(prefix) for n, _ in named):
+                raise ValueError(f"lr multiplier prefix {prefix!r} names no generator parameter.")
+        for n, p in named:
+            m = next((v for k, v in mult.items() if n.startswith(k)), 1.0)
+            groups.setdefault(m, []).append(p)
+        return [{"params": ps, "lr": float(lr) * m} for m, ps in groups.items()]
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, C, D, H, W)`` crop -> ``(B, E, d, h, w)`` image embedding."""
         return self.image_encoder(image)
