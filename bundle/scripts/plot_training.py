@@ -19,7 +19,11 @@ def scalars(run: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     ea.Reload()
     if tag not in ea.Tags()["scalars"]:
         return np.zeros(0), np.zeros(0)
-    ev = ea.Scalars(tag)
+    ev, top = [], -1
+    for e in ea.Scalars(tag):  # runs of 0.2.2 before the fix also logged the epoch mean under this tag at step=epoch
+        if e.step > top:
+            ev.append(e)
+            top = e.step
     return np.array([e.step for e in ev], float), np.array([e.value for e in ev], float)
 
 
