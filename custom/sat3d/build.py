@@ -22,16 +22,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48)},
         "critic": {"channels": (8, 16, 32), "dilations": (1, 2, 4)},
     },
-    # sat3d_base plus a shallow conv branch that adds crop detail to the decoder's upsampling (not in the paper;
-    # see sat3d.modeling.detail_encoder).  It starts as an exact copy of sat3d_base (zero-initialised
-    # projections), so it fine-tunes from sat3d_base weights (PRESET_BASES).
-    "sat3d_detail": {
-        "roi_size": (128, 128, 128),
-        "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2},
-        "prompt": {},
-        "decoder": {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "upscale_channels": (96, 48), "detail_channels": (16, 32, 64)},
-        "critic": {"channels": (8, 16, 32), "dilations": (1, 2, 4)},
-    },
     "sat3d_paper": {
         "roi_size": (128, 128, 128),
         "encoder": {"embed_dim": 48, "depths": (2, 2, 2, 1), "num_heads": (3, 6, 12, 24), "window_size": 8, "patch_size": 2,
@@ -61,6 +51,12 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# sat3d_base plus a shallow conv branch that adds crop detail to the decoder's upsampling (not in the paper;
+# see sat3d.modeling.detail_encoder).  Derived from sat3d_base, so the two cannot drift apart: it starts as an
+# exact copy of it (zero-initialised projections) and fine-tunes from its weights (PRESET_BASES).
+PRESETS["sat3d_detail"] = _merge(PRESETS["sat3d_base"], {"decoder": {"detail_channels": (16, 32, 64)}})
 
 
 def build_sat3d(
