@@ -72,9 +72,13 @@ class SAT3D(nn.Module):
         """Whether :meth:`decode` needs the crop besides its embedding (decoder with a detail branch)."""
         return getattr(self.mask_decoder, "detail", None) is not None
 
+    def named_generator_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters of encoder, prompt encoder and decoder (everything but the critic)."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("critic.")]
+
     def generator_parameters(self):
         """Parameters of encoder, prompt encoder and decoder (everything but the critic)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("critic.")]
+        return [p for _, p in self.named_generator_parameters()]
 
     def generator_param_groups(self, lr: float, lr_multipliers: dict[str, float] | None = None) -> list[dict]:
         """Optimiser parameter groups of :meth:`generator_parameters`: parameters whose name starts with a key of
@@ -84,7 +88,7 @@ class SAT3D(nn.Module):
             ValueError: for a prefix that names no generator parameter or a multiplier that is not positive.
         """
         mult = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
-        named = [(n, p) for n, p in self.named_parameters() if not n.startswith("critic.")]
+        named = self.named_generator_parameters()
         groups: dict[float, list] = {}
         for prefix, m in mult.items():
             if m <= 0:
