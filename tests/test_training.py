@@ -269,6 +269,35 @@ def test_several_targets_per_crop_share_one_encoding_and_start_from_their_click(
         _trainer(build_sat3d("sat3d_tiny"), [], targets_per_crop=0)
 
 
+@pytest.mark.parametrize("instances, union_clicked", [(1, True), (2, False)])
+def test_union_row_starts_from_a_click_only_when_it_is_one_object(instances, union_clicked):
+    """first_click_prob=1: a lone instance starts from its click; a union of several (a click would name
+    only one of them) starts in the automatic mode while each instance row has its click."""
+    from sat3d.protocols import Sat3dProtocol
+
+    seen = []
+
+    class Recording(Sat3dProtocol):
+        def step(self, network, embedding, image, points=None, labels=None, state=None, detach_feedback=True):
+            seen.append((embedding.shape[0], labels.clone()))
+            return super().step(network, embedding, image, points, labels, state, detach_feedback)
+
+    torch.manual_seed(0)
+    lab = torch.zeros(1, 1, 32, 32, 32)
+    lab[:, :, 4:12, 4:12, 4:12] = 1
+    if instances == 2:
+        lab[:, :, 18:28, 18:28, 18:28] = 2
+    trainer, _, _ = _trainer(build_sat3d("sat3d_tiny"), [{"image": torch.randn(1, 1, 32, 32, 32), "label": lab}],
+                             first_click_prob=1.0, targets_per_crop=3)
+    trainer.protocol = Recording()
+    trainer.run()
+    if union_clicked:  # union and its single instance row both start from a click: one joint first step
+        assert seen[0][0] == 2 and seen[0][1][:, 0].tolist() == [1, 1]
+    else:  # automatic union row first (no point at all), then both instance rows from their clicks
+        assert (seen[0][0], seen[0][1].shape[1]) == (1, 0)
+        assert seen[1][0] == 2 and seen[1][1][:, 0].tolist() == [1, 1]
+
+
 def test_gradient_accumulation_steps_every_n_iterations():
     torch.manual_seed(0)
     net = build_sat3d("sat3d_tiny")

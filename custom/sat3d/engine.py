@@ -111,6 +111,8 @@ class SAT3DTrainer(SupervisedTrainer):
         first_click_prob: probability that a sample with tumour starts (step 1) from one positive click
             deep inside the tumour instead of no prompt (0: the paper's schedule, step 1 automatic).  A
             curriculum for small compute: the click tells the decoder where to look from the first step.
+            A click designates one object, so a crop whose label holds several instances starts its union
+            row without a click (the automatic mode's target) and each instance row from its own click.
             With batch size > 1, samples drawn without a click get a padding point (and, with
             ``click_prompt_radius``, an empty painted prompt) instead of the automatic mode's "no prompt".
         click_sampling: where the error clicks are drawn, ``"uniform"`` (any error voxel, the paper) or
@@ -246,6 +248,11 @@ class SAT3DTrainer(SupervisedTrainer):
         labels = torch.zeros((len(source), 0), dtype=torch.long, device=images.device)
         if engine.first_click_prob > 0 or bool(instance.any()):
             first_p, first_l = sample_first_clicks(targets[:b], engine.first_click_prob, engine.click_generator)
+            # a click designates one object: the union row of a crop with several instances (everything the
+            # automatic mode must find) starts without one; its instances' rows start from their clicks
+            for i in range(b):
+                if int((torch.unique(torch.round(labels_in[i])) > 0).sum()) > 1:
+                    first_l[i] = -1
             if bool(instance.any()):  # single-instance rows always start from a click inside their instance
                 inst_p, inst_l = sample_first_clicks(targets[b:], 1.0, engine.click_generator)
                 first_p, first_l = torch.cat([first_p, inst_p], 0), torch.cat([first_l, inst_l], 0)
