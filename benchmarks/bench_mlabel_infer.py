@@ -2,13 +2,15 @@
 
 Usage (in an environment with monailabel 0.8.5; ``bash tests/mlabel_server/run.sh`` builds one):
 ``/tmp/sat3d-mlabel-venv/bin/python benchmarks/bench_mlabel_infer.py [--shape 256 256 160] [--clicks 7]
-[--weights model.pt]``
+[--weights model.pt] [--think 3] [--prefetch 0]``
 
 A real server (127.0.0.1, the exported bundle, one synthetic CT-like study) is started; then the automatic
 model is called once and the click model once per click, each request sending every click so far keyed
 by label name (``{"tumour": [...], "background": [...], "label": "tumour"}``), as Slicer's plugin does.
 Each time is measured at the client: HTTP, reading the study, preprocessing, the network, inversion and
-writing the NIfTI answer.  Without ``--weights`` the network has random weights: the timing does not depend
+writing the NIfTI answer.  ``--think`` waits that many seconds after each answer before the next click (a
+user looking at the result; the server encodes windows near the clicks meanwhile, ``prefetch_windows``);
+0 sends the clicks back to back.  Without ``--weights`` the network has random weights: the timing does not depend
 on them.
 
 Target (issue 10): a click after the first answers in under 2 s on the 2-core CPU (256x256x160).
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 160])
     ap.add_argument("--clicks", type=int, default=7)
     ap.add_argument("--weights", default=None, help="SAT3D weights file (default: random sat3d_base weights)")
+    ap.add_argument("--think", type=float, default=0.0, help="seconds between an answer and the next click")
+    ap.add_argument("--prefetch", type=int, default=None, help="override the bundle's prefetch_windows")
     args = ap.parse_args()
     import requests
     from sat3d import build_sat3d
@@ -84,6 +88,11 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         torch.save(build_sat3d("sat3d_base").state_dict(), bundle / "models" / "model.pt")
+    if args.prefetch is not None:
+        cfg_path = bundle / "configs" / "inference.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["prefetch_windows"] = args.prefetch
+        cfg_path.write_text(json.dumps(cfg, indent=4))
     port = _free_port()
     log = open(root / "server.log", "w")
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
@@ -116,13 +125,16 @@ def main() -> None:
             return took
 
         print(f"MONAI Label /infer, volume {args.shape}, torch threads {torch.get_num_threads()}, "
-              f"weights {args.weights or 'random'}")
+              f"weights {args.weights or 'random'}, {args.think:g} s between an answer and the next click, prefetch_windows "
+              f"{'as configured' if args.prefetch is None else args.prefetch}")
         auto = infer(f"{MODEL}_seg", {})
         print(f"automatic (all windows encoded)   {auto:7.2f} s")
         times = []
         for k in range(min(args.clicks, len(clicks))):
             pos = [c for i, c in enumerate(clicks[: k + 1]) if i not in negative]
             neg = [c for i, c in enumerate(clicks[: k + 1]) if i in negative]
+            if k:
+                time.sleep(args.think)
             took = infer(MODEL, {"tumour": pos, "background": neg, "label": "tumour"})
             times.append(took)
             print(f"click {k + 1} ({'negative' if k in negative else 'positive'}, {k + 1} sent)      {took:7.2f} s")

@@ -144,6 +144,61 @@ def test_cached_session_runs_only_the_new_click_and_undo():
     assert off.last_cache_use == "new" and not off._cache, "cache_size 0 keeps no session"
 
 
+def test_cached_session_takes_slicer_requests_that_list_positive_clicks_first():
+    """3D Slicer sends every positive click, then every negative one: a positive click made after a negative
+    one is not appended at the end of the request.  It must still run as one new click on the cached session."""
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 40, 36, 34)
+    p1, n1, p2 = [5, 6, 7], [30, 30, 30], [20, 10, 12]
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2)
+    inf(img, net, points=[p1], point_labels=[1])
+    inf(img, net, points=[p1, n1], point_labels=[1, 0])
+    session = next(iter(inf._cache.values()))
+    dec = session.decoder_calls
+    out = inf(img, net, points=[p1, p2, n1], point_labels=[1, 1, 0])  # as Slicer lists them
+    assert inf.last_cache_use == "extended"
+    inside = sum(all(s.start <= v < s.stop for s, v in zip(w, p2)) for w in session.windows)
+    assert session.decoder_calls == dec + inside, "only the new click's windows run"
+    made = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(img, net, points=[p1, n1, p2], point_labels=[1, 0, 1])
+    assert torch.equal(out.as_tensor(), made.as_tensor()), "the clicks run in the order they were made"
+    inf(img, net, points=[p1, n1], point_labels=[1, 0])  # Slicer's undo of p2
+    assert inf.last_cache_use == "undo"
+    inf(img, net, points=[p2, n1], point_labels=[1, 0])  # p1 gone: not an extension nor an undo
+    assert inf.last_cache_use == "replayed"
+
+
+def test_prefetch_encodes_windows_near_the_clicks_in_the_background_without_changing_results():
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 80, 72, 40)
+    clicks = [[10, 10, 10], [40, 30, 20], [70, 60, 30]]
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2, clicked_windows_only=True, prefetch_windows=3)
+    inf(img, net, points=clicks[:1], point_labels=[1])
+    session = next(iter(inf._cache.values()))
+    clicked = sum(all(s.start <= v < s.stop for s, v in zip(w, clicks[0])) for w in session.windows)
+    inf.prefetch_thread.join(timeout=60)
+    assert session.encoder_calls == clicked + 3, "three more windows encoded after the answer"
+    near = sorted(session._embeddings)
+    centre = lambda i: torch.tensor([(w.start + w.stop - 1) / 2 for w in session.windows[i]])  # noqa: E731
+    d = lambda i: float(((centre(i) - torch.tensor(clicks[0], dtype=torch.float32)) ** 2).sum())  # noqa: E731
+    far = [i for i in range(len(session.windows)) if i not in near]
+    assert max(d(i) for i in near) <= min(d(i) for i in far), "the windows nearest to the click come first"
+    for n in (2, 3):
+        out = inf(img, net, points=clicks[:n], point_labels=[1] * n)
+        inf.prefetch_thread.join(timeout=60)
+    assert session.encoder_calls == len(set(session._embeddings)), "no window is encoded twice"
+    plain = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, clicked_windows_only=True)(
+        img, net, points=clicks, point_labels=[1, 1, 1])
+    assert torch.equal(out.as_tensor(), plain.as_tensor()), "prefetching must not change the answer"
+    before = session.encoder_calls
+    inf._prefetch(session, inf._generation - 1)  # a prefetch of an older call stops at once
+    assert session.encoder_calls == before
+    auto = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2, prefetch_windows=3)
+    auto(img, net)  # the automatic mode encodes every window itself: nothing to prefetch
+    assert auto.prefetch_thread is None
+    with pytest.raises(ValueError, match="prefetch_windows"):
+        SAT3DInferer(prefetch_windows=-1)
+
+
 def test_clicks_carried_in_metadata_reach_the_network():
     """Catches an inferer that ignores the clicks ClicksFromRequestd puts on the image (bundle / MONAI Label path)."""
     from sat3d.transforms import CLICKS_META_KEY

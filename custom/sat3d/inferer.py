@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,9 +57,14 @@ class SAT3DInferer(Inferer):
     and a request without clicks the automatic mode.
 
     Sessions are kept in a small LRU cache (``cache_size``) keyed by the image content: a later request on
-    the same image whose clicks extend the cached session's clicks only runs the new clicks (embeddings,
-    previous mask and confidence are reused); one click fewer is an undo.  Calls are serialised by a lock,
-    so concurrent requests are safe.
+    the same image whose clicks include the cached session's clicks only runs the new clicks (embeddings,
+    previous mask and confidence are reused), in whatever order the request lists them (3D Slicer sends the
+    positive clicks first); the cached clicks less the last one is an undo.  Calls are serialised by a lock,
+    so concurrent requests are safe.  With ``prefetch_windows``, a call that ran clicks in the clicked-windows
+    mode is followed by a background thread that encodes up to that many further windows, nearest to the
+    clicks first, one at a time under the lock, while the user looks at the answer; a new call stops it after
+    the window in progress.  A later click that reaches those windows then runs the decoder only.  Results
+    do not change (an embedding is the same whenever it is computed).
 
     The output is a ``MetaTensor`` ``(1, 2, D, H, W)`` carrying the input's metadata: channel 0 the mask
     logits, channel 1 the critic's confidence in [0, 1].
@@ -76,6 +82,8 @@ class SAT3DInferer(Inferer):
         cache_size: sessions kept between calls (0: none).
         click_radius: the returned mask agrees with the clicks within this radius (voxels; see
             :class:`sat3d.session.InteractiveSession`); 0 returns the network's output unchanged.
+        prefetch_windows: windows encoded in the background after a call with clicks (0: none; needs
+            ``cache_size`` >= 1, since only a cached session is used again).
     """
 
     def __init__(
@@ -91,8 +99,12 @@ class SAT3DInferer(Inferer):
         window_intensity: Any = None,
         cache_size: int = 0,
         click_radius: int = 0,
+        prefetch_windows: int = 0,
     ) -> None:
         super().__init__()
+        if int(prefetch_windows) < 0:
+            raise ValueError(f"prefetch_windows must be >= 0, got {prefetch_windows}.")
+        self.prefetch_windows = int(prefetch_windows)
         if int(click_radius) < 0:
             raise ValueError(f"click_radius must be >= 0, got {click_radius}.")
         self.click_radius = int(click_radius)
@@ -112,6 +124,9 @@ class SAT3DInferer(Inferer):
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every call: a prefetch thread of an older call stops
+        #: the background thread of the last prefetch (``None``: none started)
+        self.prefetch_thread: threading.Thread | None = None
         #: how the last call used the cache: "new", "extended", "undo", "same" or "replayed"
         self.last_cache_use = ""
 
@@ -124,9 +139,19 @@ class SAT3DInferer(Inferer):
             session = None  # no click now: the automatic mode, not the clicked session emptied
         if session is not None:
             have = session.clicks
-            if have == clicks[: len(have)]:
-                self.last_cache_use = "same" if len(have) == len(clicks) else "extended"
-            elif have[:-1] == clicks:
+            missing, added = Counter(have) - Counter(clicks), Counter(clicks) - Counter(have)
+            if not missing:
+                # every cached click is still there: the rest are new.  Order within a request is not the order
+                # they were made in (3D Slicer sends all positive clicks, then all negative ones), so the new
+                # clicks are found as a multiset difference and run after the cached ones.
+                new = []
+                for c in clicks:
+                    if added[c] > 0:
+                        new.append(c)
+                        added[c] -= 1
+                clicks = have + new
+                self.last_cache_use = "extended" if new else "same"
+            elif have and Counter(have[:-1]) == Counter(clicks):
                 session.undo()
                 self.last_cache_use = "undo"
             else:
@@ -179,14 +204,34 @@ class SAT3DInferer(Inferer):
         pts, lbl = _normalise_clicks(points, point_labels, spatial, inputs.device)
         clicks = [] if pts is None else [(tuple(float(v) for v in p), int(q)) for p, q in zip(pts.tolist(), lbl.tolist())]
         raw = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        self._generation += 1
         with self._lock:
+            self._generation += 1
+            generation = self._generation
             session = self._session(network, raw, clicks)
             out = torch.stack([session.logits, session.confidence])[None]
             iou = session.predicted_iou
+        if self.prefetch_windows and self.cache_size and clicks and session.clicked_mode:
+            self.prefetch_thread = threading.Thread(target=self._prefetch, args=(session, generation), daemon=True,
+                                                    name="sat3d-prefetch")
+            self.prefetch_thread.start()
         out = out.to(self.device if self.device is not None else inputs.device)
         if not isinstance(inputs, MetaTensor):
             return MetaTensor(out, meta={PREDICTED_IOU_KEY: iou})
         return MetaTensor(out, meta={**inputs.meta, PREDICTED_IOU_KEY: iou}, applied_operations=list(inputs.applied_operations))
+
+
+    def _prefetch(self, session: Any, generation: int) -> None:
+        """Encode up to ``prefetch_windows`` windows of ``session``, one per lock hold, until a new call comes."""
+        try:
+            for _ in range(self.prefetch_windows):
+                with self._lock:
+                    if self._generation != generation or not any(s is session for s in self._cache.values()):
+                        return
+                    if not session.encode_next():
+                        return
+        except Exception as e:  # a background nicety: never take the server down
+            logging.getLogger(__name__).warning("window prefetch stopped: %s", e)
 
 
 def _fingerprint(image: torch.Tensor) -> str:

@@ -230,6 +230,24 @@ class InteractiveSession:
                 self._embeddings[i] = emb[j : j + 1]
             self.encoder_calls += len(chunk)
 
+    def encode_next(self) -> bool:
+        """Compute the embedding of the not-yet-encoded window nearest to the clicks (to the volume centre
+        before any click), so that a later click there need not wait for the encoder.  Results do not
+        change: a window's embedding is the same whenever it is computed.  Returns ``False`` when every
+        window is encoded."""
+        self._require_image()
+        todo = [i for i in range(len(self.windows)) if i not in self._embeddings]
+        if not todo:
+            return False
+        refs = [c for c, _ in self.clicks] or [tuple((s - 1) / 2 for s in self.spatial)]
+
+        def distance(i: int) -> float:
+            centre = [(w.start + w.stop - 1) / 2 for w in self.windows[i]]
+            return min(sum((a - b) ** 2 for a, b in zip(centre, r)) for r in refs)
+
+        self._embedding(min(todo, key=distance))
+        return True
+
     # ------------------------------------------------------------------ prediction
     def _run_window(self, i: int, with_prompts: bool) -> _WindowOut:
         """One prompt step of the protocol on window ``i``; stores its feedback state."""
