@@ -339,6 +339,22 @@ def test_monai_workflow_properties_and_standard_run_ids(tmp_path, config):
     assert wf.parser[legacy] == "@run" and isinstance(wf.parser["run"], list)
 
 
+def test_postprocessing_tells_the_inferer_when_the_answer_is_complete(tmp_path):
+    """The window prefetch starts when the bundle's postprocessing ends: its last step must call answered()
+    on the very inferer that MONAI Label and folder inference call."""
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / "inference.json"))
+    cp.update({"bundle_root": str(BUNDLE), "require_weights": False})
+    inferer = cp.get_parsed_content("inferer")
+    assert inferer.prefetch_windows > 0 and inferer.cache_size > 0
+    last = cp.get_parsed_content("postprocessing").transforms[-1]
+    inferer._answered.clear()
+    out = last({"pred": torch.zeros(1, 2, 2, 2)})
+    assert inferer._answered.is_set() and out["pred"].shape == (1, 2, 2, 2)
+    cp.get_parsed_content("evaluator")
+    assert inferer.prefetch_windows == 0, "a folder run never comes back to an image: no prefetch"
+
+
 @pytest.mark.parametrize("config", ["inference.json", "evaluate.json"])
 def test_clicked_windows_only_reaches_the_sessions(tmp_path, config):
     """Catches a knob that a config accepts but never uses: '--clicked_windows_only true' (a string on the

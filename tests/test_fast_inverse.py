@@ -58,7 +58,9 @@ def test_boxed_inverse_equals_monais(mode, where):
     if where in ("inside", "edges"):  # only a box was sampled; the blob came back, the rest is the background exactly
         assert box is not None and np.prod([b - a + 1 for a, b in box]) < 0.5 * fast[0].numel()
         assert ((fast[0] + 7.0).abs() > 1e-3).any() and (fast[0] == -7.0).sum() > 0.5 * fast[0].numel()
-    else:  # a prediction that varies everywhere, or a sheared grid: MONAI's own resampling
+    elif where == "everywhere":  # the whole output is sampled (separably when bilinear)
+        assert box == [(0, n - 1) for n in fast.shape[1:]]
+    else:  # a sheared grid: MONAI's own resampling
         assert box is None
 
 

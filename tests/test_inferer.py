@@ -199,6 +199,50 @@ def test_prefetch_encodes_windows_near_the_clicks_in_the_background_without_chan
         SAT3DInferer(prefetch_windows=-1)
 
 
+def test_prefetch_waits_until_the_answer_is_complete():
+    """The prefetch must not compete with the rest of the answer (inverse resampling, writing): it starts at
+    answered() or after prefetch_delay."""
+    import time
+
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 80, 72, 40)
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=1, clicked_windows_only=True, prefetch_windows=2,
+                       prefetch_delay=60.0)
+    inf(img, net, points=[[10, 10, 10]], point_labels=[1])
+    session = next(iter(inf._cache.values()))
+    start = session.encoder_calls
+    time.sleep(0.5)
+    assert session.encoder_calls == start and inf.prefetch_thread.is_alive(), "nothing before the answer is complete"
+    assert inf.answered("pred") == "pred"
+    inf.prefetch_thread.join(timeout=60)
+    assert session.encoder_calls == start + 2
+    quick = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=1, clicked_windows_only=True,
+                         prefetch_windows=1, prefetch_delay=0.0)
+    quick(img, net, points=[[10, 10, 10]], point_labels=[1])
+    quick.prefetch_thread.join(timeout=60)  # no answered(): the delay starts it
+    assert next(iter(quick._cache.values())).encoder_calls == start + 1
+
+
+def test_process_exits_cleanly_while_a_prefetch_runs(tmp_path):
+    """A prefetch thread still inside torch when the interpreter shuts down aborts the process (SIGABRT):
+    the inferer stops it at exit."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import torch\n"
+        "from sat3d import build_sat3d\n"
+        "from sat3d.inferer import SAT3DInferer\n"
+        "net = build_sat3d('sat3d_tiny').eval()\n"
+        "inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.5, cache_size=1, clicked_windows_only=True,\n"
+        "                   prefetch_windows=1000, prefetch_delay=0.0)\n"
+        "inf(torch.randn(1, 1, 160, 160, 96), net, points=[[10, 10, 10]], point_labels=[1])\n"
+        "print('done', flush=True)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_clicks_carried_in_metadata_reach_the_network():
     """Catches an inferer that ignores the clicks ClicksFromRequestd puts on the image (bundle / MONAI Label path)."""
     from sat3d.transforms import CLICKS_META_KEY

@@ -116,6 +116,8 @@ class FolderInference:
         self.network = network
         self.preprocessing = preprocessing
         self.inferer = inferer
+        if getattr(inferer, "prefetch_windows", 0):
+            inferer.prefetch_windows = 0  # a folder run never comes back to an image: nothing to prefetch for
         self.postprocessing = postprocessing
         self.ckpt_path = ckpt_path
         self.require_weights = flag(require_weights)

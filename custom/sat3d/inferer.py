@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -63,7 +65,9 @@ class SAT3DInferer(Inferer):
     so concurrent requests are safe.  With ``prefetch_windows``, a call that ran clicks in the clicked-windows
     mode is followed by a background thread that encodes up to that many further windows, nearest to the
     clicks first, one at a time under the lock, while the user looks at the answer; a new call stops it after
-    the window in progress.  A later click that reaches those windows then runs the decoder only.  Results
+    the window in progress.  So as not to slow down the rest of the answer (inverse resampling, writing), it
+    starts when :meth:`answered` is called (the bundle's postprocessing ends with it) or ``prefetch_delay``
+    seconds after the call, whichever comes first.  A later click that reaches those windows then runs the decoder only.  Results
     do not change (an embedding is the same whenever it is computed).
 
     The output is a ``MetaTensor`` ``(1, 2, D, H, W)`` carrying the input's metadata: channel 0 the mask
@@ -84,6 +88,7 @@ class SAT3DInferer(Inferer):
             :class:`sat3d.session.InteractiveSession`); 0 returns the network's output unchanged.
         prefetch_windows: windows encoded in the background after a call with clicks (0: none; needs
             ``cache_size`` >= 1, since only a cached session is used again).
+        prefetch_delay: seconds after a call at which the prefetch starts if :meth:`answered` was not called.
     """
 
     def __init__(
@@ -100,11 +105,15 @@ class SAT3DInferer(Inferer):
         cache_size: int = 0,
         click_radius: int = 0,
         prefetch_windows: int = 0,
+        prefetch_delay: float = 2.0,
     ) -> None:
         super().__init__()
         if int(prefetch_windows) < 0:
             raise ValueError(f"prefetch_windows must be >= 0, got {prefetch_windows}.")
         self.prefetch_windows = int(prefetch_windows)
+        self.prefetch_delay = float(prefetch_delay)
+        self._answered = threading.Event()
+        _INFERERS.add(self)
         if int(click_radius) < 0:
             raise ValueError(f"click_radius must be >= 0, got {click_radius}.")
         self.click_radius = int(click_radius)
@@ -205,6 +214,7 @@ class SAT3DInferer(Inferer):
         clicks = [] if pts is None else [(tuple(float(v) for v in p), int(q)) for p, q in zip(pts.tolist(), lbl.tolist())]
         raw = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         self._generation += 1
+        self._answered.clear()
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -221,8 +231,24 @@ class SAT3DInferer(Inferer):
         return MetaTensor(out, meta={**inputs.meta, PREDICTED_IOU_KEY: iou}, applied_operations=list(inputs.applied_operations))
 
 
+    def stop_prefetch(self) -> None:
+        """Stop a running prefetch after the window in progress and wait for it (also done at exit: a thread
+        left inside torch while the interpreter shuts down aborts the process)."""
+        self._generation += 1
+        self._answered.set()
+        thread = self.prefetch_thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join()
+
+    def answered(self, value: Any = None) -> Any:
+        """Tell the inferer that the answer of the last call is complete (the prefetch may start); returns
+        ``value`` unchanged, so that a ``Lambdad`` at the end of the postprocessing can call it."""
+        self._answered.set()
+        return value
+
     def _prefetch(self, session: Any, generation: int) -> None:
         """Encode up to ``prefetch_windows`` windows of ``session``, one per lock hold, until a new call comes."""
+        self._answered.wait(self.prefetch_delay)
         try:
             for _ in range(self.prefetch_windows):
                 with self._lock:
@@ -232,6 +258,16 @@ class SAT3DInferer(Inferer):
                         return
         except Exception as e:  # a background nicety: never take the server down
             logging.getLogger(__name__).warning("window prefetch stopped: %s", e)
+
+
+#: every inferer, so that their prefetch threads are stopped before the interpreter exits
+_INFERERS: "weakref.WeakSet[SAT3DInferer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_prefetches() -> None:
+    for inferer in list(_INFERERS):
+        inferer.stop_prefetch()
 
 
 def _fingerprint(image: torch.Tensor) -> str:

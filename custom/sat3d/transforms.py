@@ -56,15 +56,15 @@ class BoxedInverseResample(SpatialResample):
 
     A prediction made in clicked-windows mode is background (one value per channel) outside the clicked
     windows; restoring the input grid (``Invertd``) then spends most of its time interpolating that constant.
-    When the non-constant voxels fill at most ``max_fraction`` of the grid, only the part of the output that
-    can see them (their box plus one voxel, mapped to the output grid) is sampled, with the same voxel mapping,
-    interpolation and border padding; the rest is the background value, which is what interpolating it gives
-    (up to ``tolerance``, relative: blended background windows carry rounding errors).
-    Otherwise, and for modes other than bilinear/nearest with border padding, MONAI's inverse runs unchanged.
-    The forward transform is MONAI's.
+    Only the part of the output that can see the non-constant voxels (their box plus one voxel, mapped to the
+    output grid) is sampled, with the same voxel mapping, interpolation and border padding; the rest is the
+    background value, which is what interpolating it gives (up to ``tolerance``, relative: blended
+    background windows carry rounding errors).  Bilinear sampling is separable here (the grid is
+    axis-aligned), so it runs as three 1-D interpolations (:func:`_separable_linear`), about twice as fast as
+    MONAI's on a whole 256x256x160 grid.  For grids that are not axis-aligned, and modes other than
+    bilinear/nearest with border padding, MONAI's inverse runs unchanged.  The forward transform is MONAI's.
     """
 
-    max_fraction = 0.5
     #: relative deviation from the background value still treated as background
     tolerance = 1e-5
     #: the output box the last inverse sampled (``None``: it ran MONAI's full resampling)
@@ -83,8 +83,6 @@ class BoxedInverseResample(SpatialResample):
         # blending windows of background gives it back up to rounding (-20.0000076 for -20): that counts as constant
         varying = ((x - bg).abs() > self.tolerance * bg.abs().clamp(min=1.0)).any(0)
         n_varying = int(varying.sum())
-        if n_varying > self.max_fraction * varying.numel():
-            return super().inverse(data)
         out_size = [int(v) for v in transform[TraceKeys.ORIG_SIZE]]
         dst_affine = torch.as_tensor(extra["src_affine"], dtype=torch.float64).cpu()
         src_affine = torch.as_tensor(data.affine, dtype=torch.float64).cpu()
@@ -107,16 +105,38 @@ class BoxedInverseResample(SpatialResample):
                 box.append((max(int(math.floor(max(p0, -1.0))), 0), min(int(math.ceil(min(p1, float(out_size[ax])))), out_size[ax] - 1)))
             self.last_box = box
             if all(a <= b for a, b in box):
-                grids = torch.meshgrid(*[torch.arange(a, b + 1, dtype=torch.float64) for a, b in box], indexing="ij")
-                pts = torch.stack([*grids, torch.ones_like(grids[0])], -1) @ xform.T
-                norm = [2.0 * pts[..., ax] / max(x.shape[ax + 1] - 1, 1) - 1.0 for ax in range(3)]
-                grid = torch.stack(norm[::-1], -1)[None].to(torch.float32)
-                vals = torch.nn.functional.grid_sample(x[None].to(torch.float32), grid, mode=extra["mode"],
-                                                       padding_mode="border", align_corners=True)[0]
+                if extra["mode"] == "bilinear":
+                    vals = _separable_linear(x.to(torch.float32), xform, box)
+                else:
+                    grids = torch.meshgrid(*[torch.arange(a, b + 1, dtype=torch.float64) for a, b in box], indexing="ij")
+                    pts = torch.stack([*grids, torch.ones_like(grids[0])], -1) @ xform.T
+                    norm = [2.0 * pts[..., ax] / max(x.shape[ax + 1] - 1, 1) - 1.0 for ax in range(3)]
+                    grid = torch.stack(norm[::-1], -1)[None].to(torch.float32)
+                    vals = torch.nn.functional.grid_sample(x[None].to(torch.float32), grid, mode=extra["mode"],
+                                                           padding_mode="border", align_corners=True)[0]
                 out[:, box[0][0]:box[0][1] + 1, box[1][0]:box[1][1] + 1, box[2][0]:box[2][1] + 1] = vals
         res = MetaTensor(out, affine=dst_affine.to(torch.float64), meta=dict(data.meta))
         res.applied_operations = data.applied_operations
         return res
+
+
+def _separable_linear(x: torch.Tensor, xform: torch.Tensor, box: list[tuple[int, int]]) -> torch.Tensor:
+    """Trilinear resampling of ``x`` ``(C, D, H, W)`` at the output voxels of ``box`` under the axis-aligned
+    ``xform`` (output voxel -> input voxel), with border padding: ``grid_sample``'s result (bilinear,
+    ``align_corners=True``, border) computed as three 1-D interpolations, each a product with a sparse-banded
+    matrix (several times faster on a CPU than sampling every voxel of a 3-D grid)."""
+    y = x
+    for ax, (a, b) in enumerate(box):
+        n = x.shape[ax + 1]
+        q = (torch.arange(a, b + 1, dtype=torch.float64) * float(xform[ax, ax]) + float(xform[ax, 3])).clamp(0, n - 1)
+        i0 = q.floor().long().clamp(max=n - 1)
+        w = q - i0
+        m = torch.zeros(b - a + 1, n, dtype=torch.float64)
+        rows = torch.arange(b - a + 1)
+        m[rows, i0] += 1.0 - w
+        m[rows, (i0 + 1).clamp(max=n - 1)] += w
+        y = torch.movedim(torch.movedim(y, ax + 1, -1) @ m.T.to(y.dtype), -1, ax + 1)
+    return y
 
 
 class Spacingd(_MonaiSpacingd):
