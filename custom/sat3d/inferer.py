@@ -67,8 +67,8 @@ class SAT3DInferer(Inferer):
     clicks first, one at a time under the lock, while the user looks at the answer; a new call stops it after
     the window in progress.  So as not to slow down the rest of the answer (inverse resampling, writing), it
     starts when :meth:`answered` is called (the bundle's postprocessing ends with it) or ``prefetch_delay``
-    seconds after the call, whichever comes first.  A later click that reaches those windows then runs the decoder only.  Results
-    do not change (an embedding is the same whenever it is computed).
+    seconds after the call, whichever comes first.  A later click that reaches those windows then runs the
+    decoder only.  Results do not change (an embedding is the same whenever it is computed).
 
     The output is a ``MetaTensor`` ``(1, 2, D, H, W)`` carrying the input's metadata: channel 0 the mask
     logits, channel 1 the critic's confidence in [0, 1].
@@ -213,10 +213,10 @@ class SAT3DInferer(Inferer):
         pts, lbl = _normalise_clicks(points, point_labels, spatial, inputs.device)
         clicks = [] if pts is None else [(tuple(float(v) for v in p), int(q)) for p, q in zip(pts.tolist(), lbl.tolist())]
         raw = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        self._generation += 1
+        self._generation += 1  # before waiting for the lock: a running prefetch stops after its window
         self._answered.clear()
         with self._lock:
-            self._generation += 1
+            self._generation += 1  # this call's own number, for its prefetch
             generation = self._generation
             session = self._session(network, raw, clicks)
             out = torch.stack([session.logits, session.confidence])[None]
@@ -229,7 +229,6 @@ class SAT3DInferer(Inferer):
         if not isinstance(inputs, MetaTensor):
             return MetaTensor(out, meta={PREDICTED_IOU_KEY: iou})
         return MetaTensor(out, meta={**inputs.meta, PREDICTED_IOU_KEY: iou}, applied_operations=list(inputs.applied_operations))
-
 
     def stop_prefetch(self) -> None:
         """Stop a running prefetch after the window in progress and wait for it (also done at exit: a thread
