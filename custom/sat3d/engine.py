@@ -47,6 +47,12 @@ def average_gradients(params) -> None:
         p.grad.div_(world)
 
 
+def instance_ids(label: torch.Tensor) -> torch.Tensor:
+    """The instance values (> 0) present in one crop's instance label."""
+    ids = torch.unique(torch.round(label).long())
+    return ids[ids > 0]
+
+
 def target_rows(labels: torch.Tensor, targets_per_crop: int, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The training targets of a batch of crops whose labels hold instance values (0 background, 1, 2, ...).
@@ -71,8 +77,7 @@ def target_rows(labels: torch.Tensor, targets_per_crop: int, generator: torch.Ge
     source, rows, inst = list(range(labels.shape[0])), [union], [False] * labels.shape[0]
     if targets_per_crop > 1:
         for b in range(labels.shape[0]):
-            ids = torch.unique(torch.round(labels[b]).long())
-            ids = ids[ids > 0]
+            ids = instance_ids(labels[b])
             if len(ids) == 0:
                 continue
             pick = ids[torch.randperm(len(ids), generator=generator)[: targets_per_crop - 1].to(ids.device)]
@@ -251,7 +256,7 @@ class SAT3DTrainer(SupervisedTrainer):
             # a click designates one object: the union row of a crop with several instances (everything the
             # automatic mode must find) starts without one; its instances' rows start from their clicks
             for i in range(b):
-                if int((torch.unique(torch.round(labels_in[i])) > 0).sum()) > 1:
+                if len(instance_ids(labels_in[i])) > 1:
                     first_l[i] = -1
             if bool(instance.any()):  # single-instance rows always start from a click inside their instance
                 inst_p, inst_l = sample_first_clicks(targets[b:], 1.0, engine.click_generator)
