@@ -82,7 +82,6 @@ class BoxedInverseResample(SpatialResample):
         bg = x[:, :1, :1, :1]
         # blending windows of background gives it back up to rounding (-20.0000076 for -20): that counts as constant
         varying = ((x - bg).abs() > self.tolerance * bg.abs().clamp(min=1.0)).any(0)
-        n_varying = int(varying.sum())
         out_size = [int(v) for v in transform[TraceKeys.ORIG_SIZE]]
         dst_affine = torch.as_tensor(extra["src_affine"], dtype=torch.float64).cpu()
         src_affine = torch.as_tensor(data.affine, dtype=torch.float64).cpu()
@@ -92,7 +91,7 @@ class BoxedInverseResample(SpatialResample):
             return super().inverse(data)  # not axis-aligned: MONAI's general resampling
         self.pop_transform(data)
         out = bg.to(torch.float32).expand(x.shape[0], *out_size).clone()
-        if n_varying:
+        if bool(varying.any()):
             idx = varying.nonzero()
             lo, hi = idx.min(0).values.tolist(), idx.max(0).values.tolist()
             box = []
@@ -129,7 +128,7 @@ def _separable_linear(x: torch.Tensor, xform: torch.Tensor, box: list[tuple[int,
     for ax, (a, b) in enumerate(box):
         n = x.shape[ax + 1]
         q = (torch.arange(a, b + 1, dtype=torch.float64) * float(xform[ax, ax]) + float(xform[ax, 3])).clamp(0, n - 1)
-        i0 = q.floor().long().clamp(max=n - 1)
+        i0 = q.floor().long()  # q <= n - 1 already
         w = q - i0
         m = torch.zeros(b - a + 1, n, dtype=torch.float64)
         rows = torch.arange(b - a + 1)
