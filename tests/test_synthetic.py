@@ -49,3 +49,28 @@ def test_no_lesion_when_probability_is_zero():
     with pytest.raises(ValueError, match="diameter_mm"):
         RandSyntheticLesiond(["image", "label"], diameter_mm=(5.0, 1.0))
     assert np.isfinite(out["image"].numpy()).all()
+
+
+def _contrasts(sampling, n=40):
+    """The absolute contrast of ``n`` solid lesions inserted into a flat, noiseless host (median inside)."""
+    t = RandSyntheticLesiond(["image", "label"], prob_empty=1.0, max_lesions=1, diameter_mm=(30.0, 30.0),
+                             contrast=(0.2, 3.0), contrast_sampling=sampling, p_core=0.0, p_rim=0.0)
+    out = []
+    for seed in range(n):
+        t.set_random_state(seed)
+        d = t({"image": torch.zeros((1, 40, 40, 40)), "label": torch.zeros((1, 40, 40, 40))})
+        out.append(float(d["image"][d["label"] > 0].median().abs()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("sampling, low_share", [("uniform", (0.0, 0.25)), ("log", (0.28, 0.6))])
+def test_contrast_sampling_decides_how_common_faint_lesions_are(sampling, low_share):
+    c = _contrasts(sampling)
+    assert c.min() > 0.1 and c.max() < 3.0, "contrasts stay in the range (the partial-volume mix dims them ~0.87x)"
+    # below 0.5 measured (0.575 drawn): log-uniform in (0.2, 3) puts 0.39 of the lesions there, uniform 0.13
+    share = float((c < 0.5).mean())
+    assert low_share[0] <= share <= low_share[1], f"{sampling}: {share:.2f} of the lesions are fainter than 0.5"
+    with pytest.raises(ValueError, match="contrast_sampling"):
+        RandSyntheticLesiond(["image", "label"], contrast_sampling="normal")
+    with pytest.raises(ValueError, match="contrast"):
+        RandSyntheticLesiond(["image", "label"], contrast=(0.0, 1.0))

@@ -65,8 +65,9 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
 
     Lesions are placed at random voxels of host tissue (normalised value in ``host_range``, so not in air
     or on metal) whose lesion footprint does not touch the existing label.  Diameters are drawn
-    log-uniformly in ``diameter_mm``; contrast is ``U(contrast)`` foreground-std units, brighter with
-    probability ``p_bright`` (otherwise darker); the host texture shows through a fraction of the lesion
+    log-uniformly in ``diameter_mm``; the absolute contrast is drawn in ``contrast`` (foreground-std units,
+    uniformly or, with ``contrast_sampling="log"``, log-uniformly), brighter with probability ``p_bright``
+    (otherwise darker); the host texture shows through a fraction of the lesion
     and noise of the host's level is added.  Optional cystic/necrotic core (``p_core``) and enhancing rim
     (``p_rim``).
 
@@ -76,7 +77,11 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         spacing: voxel size in mm of the crop (the training spacing).
         diameter_mm: (min, max) lesion diameter.
         max_lesions: lesions per crop (1..max, uniform).
-        contrast: (min, max) absolute contrast in foreground-std units.
+        contrast: (min, max) absolute contrast in foreground-std units.  Soft-tissue lesions in CT are low
+            in these units: a liver metastasis 60 HU below its host is about 0.4 std of a body whose
+            foreground spans fat, muscle and bone.
+        contrast_sampling: ``"uniform"`` or ``"log"`` (log-uniform: as many lesions between 0.2 and 0.4 as
+            between 1.5 and 3.0, so faint lesions are common).
         p_bright: probability that a lesion is brighter than its host.
         p_core, p_rim: probabilities of a necrotic core and of rim enhancement.
         host_range: accepted normalised host values at the centre.
@@ -95,6 +100,7 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         diameter_mm: Sequence[float] = (3.0, 80.0),
         max_lesions: int = 2,
         contrast: Sequence[float] = (0.4, 3.0),
+        contrast_sampling: str = "uniform",
         p_bright: float = 0.6,
         p_core: float = 0.2,
         p_rim: float = 0.2,
@@ -111,7 +117,12 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         self.spacing = np.asarray(spacing, dtype=np.float32)
         self.diameter_mm = (float(diameter_mm[0]), float(diameter_mm[1]))
         self.max_lesions = int(max_lesions)
+        if not 0 < float(contrast[0]) <= float(contrast[1]):
+            raise ValueError(f"contrast must be (min, max) with 0 < min <= max, got {contrast}.")
         self.contrast = (float(contrast[0]), float(contrast[1]))
+        if contrast_sampling not in ("uniform", "log"):
+            raise ValueError(f"contrast_sampling must be 'uniform' or 'log', got {contrast_sampling!r}.")
+        self.contrast_sampling = contrast_sampling
         self.p_bright, self.p_core, self.p_rim = float(p_bright), float(p_core), float(p_rim)
         self.host_range = (float(host_range[0]), float(host_range[1]))
         self.prob_empty = float(prob_empty)
@@ -139,7 +150,9 @@ class RandSyntheticLesiond(Randomizable, MapTransform):
         host_mean = float(np.median(img[box])) if box.any() else 0.0
         resid = img - ndimage.gaussian_filter(img, 1.0)
         noise_sd = float(1.4826 * np.median(np.abs(resid[box] - np.median(resid[box])))) if box.any() else 0.05
-        c = rng.uniform(*self.contrast) * (1.0 if rng.random() < self.p_bright else -1.0)
+        lo, hi = self.contrast
+        c = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if self.contrast_sampling == "log" else rng.uniform(lo, hi)
+        c *= 1.0 if rng.random() < self.p_bright else -1.0
         value = np.full(shape, host_mean + c, np.float32)
         value += 0.15 * abs(c) * _smooth_field(shape, max(radius / 3, 1.0), rng)  # internal heterogeneity
         if rng.random() < self.p_core and radius > 3:
