@@ -271,3 +271,48 @@ def test_auto_clicked_windows_first_action_decides(net, image, first):
     assert s.clicked_mode is None, "a new image decides anew"
     with pytest.raises(ValueError):
         InteractiveSession(net, clicked_windows_only="sometimes")
+
+
+def test_clicked_windows_reach_into_their_overlap_with_windows_never_run(net, image):
+    """Clicked windows only: the blend is over the windows that were computed.  A window that was never run
+    adds nothing, so a clicked window's result is whole where it overlaps one (no cut at the overlap, where
+    a lesion next to a window's edge would lose its part); voxels no computed window reaches stay background
+    with confidence 1.  Undo and reset restore the blend weights too."""
+    s = InteractiveSession(net, overlap=0.25, clicked_windows_only=True)
+    s.set_image(image)
+    s.network = _Constant(6.0, 0.4)
+    s._embeddings = {i: torch.zeros(1) for i in range(len(s.windows))}  # the stub decodes without an encoder
+    click = (36.0, 20.0, 16.0)  # in one window along the first axis ([24, 56), overlapping [0, 32) and [38, 70))
+    inside = [w for w in s.windows if all(sl.start <= v < sl.stop for sl, v in zip(w, click))]
+    covered = torch.zeros(s._sum_w.shape, dtype=torch.bool)
+    for w in inside:
+        covered[w] = True
+    covered = covered[: image.shape[1], : image.shape[2], : image.shape[3]]
+    assert 1 < len(inside) < len(s.windows) and not covered.all()
+    s.add_click(click, positive=True)
+    assert bool(s.mask[covered].all()), "every voxel of a clicked window carries its (positive) result"
+    assert not s.mask[~covered].any(), "the rest stays background"
+    assert torch.allclose(s.confidence[covered], torch.tensor(0.4)) and bool((s.confidence[~covered] == 1).all())
+    s.add_click((5.0, 5.0, 5.0), positive=True)
+    s.undo()
+    assert bool(s.mask[covered].all()) and not s.mask[~covered].any(), "undo restores the blend weights"
+    assert bool((s.confidence[~covered] == 1).all()) and torch.allclose(s.confidence[covered], torch.tensor(0.4))
+    s.reset()
+    assert not s.mask.any() and bool((s.confidence == 1).all()), "reset: nothing computed, all background"
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in network whose every window says tumour (logit ``value``) with confidence ``conf``."""
+
+    confidence_threshold = 0.3
+
+    def __init__(self, value: float, conf: float) -> None:
+        super().__init__()
+        self.value, self.conf = value, conf
+        self.critic = self
+
+    def decode(self, embedding, points, labels, mask_prompt, confidence, image):
+        return torch.full((1, 1, *(s // 4 for s in image.shape[2:])), self.value), torch.ones(1, 1)
+
+    def forward_logits(self, image, prob):
+        return torch.full_like(prob, float(torch.logit(torch.tensor(self.conf))))

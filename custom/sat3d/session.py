@@ -54,13 +54,13 @@ class _Step:
     click: tuple[tuple[float, float, float], int]
     windows: dict[int, "_WindowOut | None"] = field(default_factory=dict)  # old window outputs
     states: dict[int, StepState | None] = field(default_factory=dict)  # old per-window feedback
-    boxes: list[tuple[tuple[slice, ...], torch.Tensor, torch.Tensor]] = field(default_factory=list)  # old sums
+    boxes: list[tuple[tuple[slice, ...], torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # old sums
 
 
 #: one window's result: logits, confidence (both ``roi_size``) and the decoder's predicted IoU (NaN: not computed)
 _WindowOut = tuple[torch.Tensor, torch.Tensor, float]
 
-#: logit and confidence of a window that was not computed (no click in it, automatic mode off)
+#: logit and confidence of voxels that no computed window covers (no click near them, automatic mode off)
 SKIPPED_LOGIT, SKIPPED_CONFIDENCE = -20.0, 1.0
 #: logit magnitude of voxels that agree with a click (``click_radius``)
 CLICK_LOGIT = 20.0
@@ -190,9 +190,10 @@ class InteractiveSession:
         self._auto: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._sum_logit = torch.zeros(padded, device=self.device)
         self._sum_conf = torch.zeros(padded, device=self.device)
+        # blending weight of the windows computed so far (a window not computed adds nothing, so a clicked
+        # window's result reaches into its overlap with windows that were never run)
         self._sum_w = torch.zeros(padded, device=self.device)
-        for w in self.windows:
-            self._sum_w[w] += self.weight
+        self._covered_w = 0.5 * float(self.weight.min())  # below it: no computed window (MONAI's map is >= 1e-3)
         self.clicks: list[tuple[tuple[float, float, float], int]] = []
         self._history: list[_Step] = []
         self.encoder_calls = 0
@@ -279,7 +280,8 @@ class InteractiveSession:
     def _put(self, i: int, out: _WindowOut | None) -> None:
         """Replace window ``i``'s contribution to the blend (``None``: remove it)."""
         w = self.windows[i]
-        if i in self._window_out:
+        had = i in self._window_out
+        if had:
             old_l, old_c, _ = self._window_out.pop(i)
             self._sum_logit[w] -= old_l * self.weight
             self._sum_conf[w] -= old_c * self.weight
@@ -287,6 +289,8 @@ class InteractiveSession:
             self._sum_logit[w] += out[0] * self.weight
             self._sum_conf[w] += out[1] * self.weight
             self._window_out[i] = out
+        if had != (out is not None):  # the blend weight changes only when the window joins or leaves
+            self._sum_w[w] += self.weight if out is not None else -self.weight
 
     def _ensure_auto(self, clicking: bool = False) -> None:
         """The state before any click: the automatic result, or background where clicked windows only."""
@@ -296,11 +300,8 @@ class InteractiveSession:
                 self.clicked_mode = bool(clicking)
             if not self.clicked_mode:
                 self._encode_all()
-            for i in range(len(self.windows)):
-                if self.clicked_mode:
-                    self._put(i, (torch.full(self.roi_size, SKIPPED_LOGIT, device=self.device),
-                                  torch.full(self.roi_size, SKIPPED_CONFIDENCE, device=self.device), math.nan))
-                else:
+            if not self.clicked_mode:  # clicked windows only: nothing is computed before a click
+                for i in range(len(self.windows)):
                     self._put(i, self._run_window(i, with_prompts=False))
             self._auto = dict(self._window_out)
             self._auto_states = dict(self._states)
@@ -326,7 +327,7 @@ class InteractiveSession:
             w = self.windows[i]
             step.windows[i] = self._window_out.get(i)
             step.states[i] = self._states.get(i)
-            step.boxes.append((w, self._sum_logit[w].clone(), self._sum_conf[w].clone()))
+            step.boxes.append((w, self._sum_logit[w].clone(), self._sum_conf[w].clone(), self._sum_w[w].clone()))
         self.clicks.append(step.click)
         new = {i: self._run_window(i, with_prompts=True) for i in affected}  # all read the state before the click
         for i, out in new.items():
@@ -339,9 +340,10 @@ class InteractiveSession:
             return False
         step = self._history.pop()
         self.clicks.pop()
-        for w, logit, conf in reversed(step.boxes):
+        for w, logit, conf, weight in reversed(step.boxes):
             self._sum_logit[w] = logit
             self._sum_conf[w] = conf
+            self._sum_w[w] = weight
         for i, out in step.windows.items():
             if out is None:
                 self._window_out.pop(i, None)
@@ -361,6 +363,7 @@ class InteractiveSession:
         if self._auto is not None:
             self._sum_logit.zero_()
             self._sum_conf.zero_()
+            self._sum_w.zero_()
             self._window_out = {}
             for i, out in self._auto.items():
                 self._put(i, out)
@@ -369,6 +372,12 @@ class InteractiveSession:
     # ------------------------------------------------------------------ results
     def _unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[tuple(slice(0, s) for s in self.spatial)]
+
+    def _blend(self, total: torch.Tensor, empty: float) -> torch.Tensor:
+        """The weighted mean of the computed windows' ``total``; ``empty`` where no computed window reaches."""
+        covered = self._sum_w > self._covered_w
+        return torch.where(covered, total / torch.where(covered, self._sum_w, torch.ones_like(self._sum_w)),
+                           torch.full_like(total, empty))
 
     def _agree_with_clicks(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with the balls of ``click_radius`` around the clicks set to tumour / background."""
@@ -391,7 +400,7 @@ class InteractiveSession:
     def logits(self) -> torch.Tensor:
         """``(D, H, W)`` blended mask logits (agreeing with the clicks within ``click_radius``)."""
         self._ensure_auto()
-        return self._agree_with_clicks(self._unpad(self._sum_logit / self._sum_w))
+        return self._agree_with_clicks(self._unpad(self._blend(self._sum_logit, SKIPPED_LOGIT)))
 
     @property
     def probability(self) -> torch.Tensor:
@@ -425,7 +434,7 @@ class InteractiveSession:
     def confidence(self) -> torch.Tensor:
         """``(D, H, W)`` critic confidence in [0, 1]."""
         self._ensure_auto()
-        return self._unpad(self._sum_conf / self._sum_w).clamp(0, 1)
+        return self._unpad(self._blend(self._sum_conf, SKIPPED_CONFIDENCE)).clamp(0, 1)
 
 
 class FileSession:
