@@ -57,7 +57,7 @@ class _Step:
     boxes: list[tuple[tuple[slice, ...], torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # old sums
 
 
-#: one window's result: logits, confidence (both ``roi_size``) and the decoder's predicted IoU (NaN: not computed)
+#: one window's result: logits, confidence (both ``roi_size``) and the decoder's predicted IoU
 _WindowOut = tuple[torch.Tensor, torch.Tensor, float]
 
 #: logit and confidence of voxels that no computed window covers (no click near them, automatic mode off)
@@ -72,7 +72,8 @@ class InteractiveSession:
     The volume is covered by the same overlapping windows and Gaussian blending as
     :class:`sat3d.inferer.SAT3DInferer`.  Each window's image embedding is computed once (on first use,
     or all at :meth:`set_image` with ``eager=True``).  The first access to :attr:`mask` runs the automatic
-    mode on every window (unless ``clicked_windows_only``: then windows stay background until clicked;
+    mode on every window (unless ``clicked_windows_only``: then windows stay background until clicked, and
+    the blend is over the computed windows only, so a clicked window's result holds up to its edges;
     with ``"auto"``, the first thing done with the image decides: a click means clicked windows only, reading
     the mask without a click means the automatic mode).
     :meth:`add_click` then runs one prompt step of the click protocol (:mod:`sat3d.protocols`) on the
