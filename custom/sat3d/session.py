@@ -278,20 +278,18 @@ class InteractiveSession:
         self.decoder_calls += 1
         return out.logits[0, 0], out.confidence[0, 0], min(max(float(out.iou.reshape(-1)[0]), 0.0), 1.0)  # an IoU
 
-    def _put(self, i: int, out: _WindowOut | None) -> None:
-        """Replace window ``i``'s contribution to the blend (``None``: remove it)."""
+    def _put(self, i: int, out: _WindowOut) -> None:
+        """Set window ``i``'s contribution to the blend (replacing its previous one)."""
         w = self.windows[i]
-        had = i in self._window_out
-        if had:
+        if i in self._window_out:
             old_l, old_c, _ = self._window_out.pop(i)
             self._sum_logit[w] -= old_l * self.weight
             self._sum_conf[w] -= old_c * self.weight
-        if out is not None:
-            self._sum_logit[w] += out[0] * self.weight
-            self._sum_conf[w] += out[1] * self.weight
-            self._window_out[i] = out
-        if had != (out is not None):  # the blend weight changes only when the window joins or leaves
-            self._sum_w[w] += self.weight if out is not None else -self.weight
+        else:  # the window joins the blend
+            self._sum_w[w] += self.weight
+        self._sum_logit[w] += out[0] * self.weight
+        self._sum_conf[w] += out[1] * self.weight
+        self._window_out[i] = out
 
     def _ensure_auto(self, clicking: bool = False) -> None:
         """The state before any click: the automatic result, or background where clicked windows only."""
@@ -376,9 +374,7 @@ class InteractiveSession:
 
     def _blend(self, total: torch.Tensor, empty: float) -> torch.Tensor:
         """The weighted mean of the computed windows' ``total``; ``empty`` where no computed window reaches."""
-        covered = self._sum_w > self._covered_w
-        return torch.where(covered, total / torch.where(covered, self._sum_w, torch.ones_like(self._sum_w)),
-                           torch.full_like(total, empty))
+        return torch.where(self._sum_w > self._covered_w, total / self._sum_w.clamp(min=self._covered_w), empty)
 
     def _agree_with_clicks(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with the balls of ``click_radius`` around the clicks set to tumour / background."""
