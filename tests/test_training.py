@@ -719,3 +719,32 @@ def test_training_crops_keep_binary_labels_for_small_scans(tmp_path):
             out = out[0] if isinstance(out, list) else out
             values = set(torch.unique(out["label"]).tolist())
             assert values <= {0.0, 1.0} and tuple(out["label"].shape[1:]) == tuple(cp["roi_size"]), (classes, values)
+
+
+@pytest.mark.parametrize("anywhere_crop_prob, expect_air_crops", [(0.0, False), (0.2, True)])
+def test_anywhere_crops_let_training_see_the_air_around_a_patient(tmp_path, anywhere_crop_prob, expect_air_crops):
+    """Tumour and background crops are centred on tissue, so a window of air around a patient is never
+    trained on (the automatic mode then fires there).  ``anywhere_crop_prob`` of the crops are centred
+    anywhere: in a scan that is mostly air, some crops must then be almost all air, and none without it."""
+    from monai.bundle import ConfigParser
+
+    rng = np.random.default_rng(0)
+    img = np.full((128, 128, 128), -1000.0, np.float32)
+    img[:48, :48, :48] = 40.0 + 10.0 * rng.standard_normal((48, 48, 48))  # a patient in a corner
+    lab = np.zeros(img.shape, np.uint8)
+    lab[8:14, 8:14, 8:14] = 1
+    aff = np.diag([1.5, 1.5, 1.5, 1.0])
+    nib.save(nib.Nifti1Image(img, aff), str(tmp_path / "i.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "l.nii.gz"))
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / "train.json"))
+    cp["anywhere_crop_prob"] = anywhere_crop_prob
+    tf = cp.get_parsed_content("train#preprocessing")
+    air_fractions = []
+    for seed in range(30):
+        tf.set_random_state(seed)
+        out = tf({"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "l.nii.gz")})
+        out = out[0] if isinstance(out, list) else out
+        air_fractions.append(float((out["image"] < -2.0).float().mean()))
+    assert (max(air_fractions) > 0.99) == expect_air_crops, air_fractions
+    assert min(air_fractions) < 0.9  # tissue-centred crops (at least 13 % tissue here) are still drawn
