@@ -309,3 +309,21 @@ def test_auto_clicked_windows_per_request():
     assert inf.last_cache_use == "new" and next(iter(inf._cache.values())).clicked_mode is False
     ref = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25)(img, net)
     assert torch.equal(auto.as_tensor(), ref.as_tensor())
+
+
+def test_auto_clicks_after_an_automatic_request_get_the_clicked_windows():
+    """The reverse order: with "auto", clicks on an image whose automatic result is cached must get what a
+    request with clicks gets (the clicked windows only, as the evaluation scores it), not clicks run on top of
+    the automatic session; the result cannot depend on the cache's history."""
+    net = build_sat3d("sat3d_tiny").eval()
+    img = torch.randn(1, 1, 70, 36, 34)
+    inf = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2, clicked_windows_only="auto")
+    inf(img, net)
+    assert next(iter(inf._cache.values())).clicked_mode is False
+    clicked = inf(img, net, points=[[5, 6, 7]], point_labels=[1])
+    assert inf.last_cache_use == "new" and next(iter(inf._cache.values())).clicked_mode is True
+    ref = SAT3DInferer(roi_size=(32, 32, 32), overlap=0.25, cache_size=2, clicked_windows_only="auto")(
+        img, net, points=[[5, 6, 7]], point_labels=[1])
+    assert torch.equal(clicked.as_tensor(), ref.as_tensor())
+    more = inf(img, net, points=[[5, 6, 7], [50, 20, 20]], point_labels=[1, 0])  # a further click extends it
+    assert inf.last_cache_use == "extended" and more.shape == clicked.shape

@@ -56,7 +56,8 @@ class SAT3DInferer(Inferer):
     each running one prompt step of the click protocol (:mod:`sat3d.protocols`) on the windows that contain
     it.  With ``clicked_windows_only`` (or the paper protocol, which has no automatic mode) windows without
     a click are not computed at all and stay background; with ``"auto"``, a request with clicks gets that
-    and a request without clicks the automatic mode.
+    and a request without clicks the automatic mode, whatever was asked of the same image before (clicks
+    never run on top of a cached automatic result).
 
     Sessions are kept in a small LRU cache (``cache_size``) keyed by the image content: a later request on
     the same image whose clicks include the cached session's clicks only runs the new clicks (embeddings,
@@ -144,8 +145,10 @@ class SAT3DInferer(Inferer):
 
         key = (id(network), tuple(image.shape), _fingerprint(image)) if self.cache_size else None
         session = self._cache.pop(key, None) if key is not None else None
-        if session is not None and not clicks and session.clicked_mode and self.clicked_windows_only == "auto":
-            session = None  # no click now: the automatic mode, not the clicked session emptied
+        if session is not None and self.clicked_windows_only == "auto" and bool(session.clicked_mode) != bool(clicks):
+            # no click now: the automatic mode, not the clicked session emptied; clicks on a cached automatic
+            # result: the clicked windows from nothing, as a request with clicks always gets (and is scored)
+            session = None
         if session is not None:
             have = session.clicks
             missing, added = Counter(have) - Counter(clicks), Counter(clicks) - Counter(have)
