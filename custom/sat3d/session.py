@@ -268,8 +268,8 @@ class InteractiveSession:
                 # the blended previous result at this window's place is the feedback (no prompt: automatic)
                 state = StepState()
                 if with_prompts and i in self._states:
-                    prob = torch.sigmoid(self._sum_logit[w] / self._sum_w[w])
-                    conf = self._sum_conf[w] / self._sum_w[w]
+                    prob = torch.sigmoid(self._blend(self._sum_logit, SKIPPED_LOGIT, w))
+                    conf = self._blend(self._sum_conf, SKIPPED_CONFIDENCE, w)
                     state = StepState(prob[None, None], (conf >= self.network.confidence_threshold).float()[None, None])
             else:
                 state = self._states.get(i) or self.protocol.initial_state(self.network, crop)
@@ -297,9 +297,8 @@ class InteractiveSession:
         if self._auto is None:
             if self.clicked_mode is None:  # "auto": the first action decides
                 self.clicked_mode = bool(clicking)
-            if not self.clicked_mode:
-                self._encode_all()
             if not self.clicked_mode:  # clicked windows only: nothing is computed before a click
+                self._encode_all()
                 for i in range(len(self.windows)):
                     self._put(i, self._run_window(i, with_prompts=False))
             self._auto = dict(self._window_out)
@@ -372,9 +371,11 @@ class InteractiveSession:
     def _unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[tuple(slice(0, s) for s in self.spatial)]
 
-    def _blend(self, total: torch.Tensor, empty: float) -> torch.Tensor:
-        """The weighted mean of the computed windows' ``total``; ``empty`` where no computed window reaches."""
-        return torch.where(self._sum_w > self._covered_w, total / self._sum_w.clamp(min=self._covered_w), empty)
+    def _blend(self, total: torch.Tensor, empty: float, region: tuple = (...,)) -> torch.Tensor:
+        """The weighted mean of the computed windows' ``total`` (in ``region``, default everywhere); ``empty``
+        where no computed window reaches."""
+        sum_w = self._sum_w[region]
+        return torch.where(sum_w > self._covered_w, total[region] / sum_w.clamp(min=self._covered_w), empty)
 
     def _agree_with_clicks(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with the balls of ``click_radius`` around the clicks set to tumour / background."""
