@@ -748,3 +748,19 @@ def test_anywhere_crops_let_training_see_the_air_around_a_patient(tmp_path, anyw
         air_fractions.append(float((out["image"] < -2.0).float().mean()))
     assert (max(air_fractions) > 0.99) == expect_air_crops, air_fractions
     assert min(air_fractions) < 0.9  # tissue-centred crops (at least 13 % tissue here) are still drawn
+
+
+@pytest.mark.parametrize("anywhere_crop_prob", [-0.1, 1.5])
+def test_a_bad_anywhere_crop_prob_is_refused_by_name(anywhere_crop_prob):
+    from monai.bundle import ConfigParser
+
+    cp = ConfigParser()
+    cp.read_config(str(BUNDLE / "configs" / "train.json"))
+    cp["anywhere_crop_prob"] = anywhere_crop_prob
+    with pytest.raises(Exception) as info:
+        cp.get_parsed_content("train#preprocessing")
+    chain, err = [], info.value
+    while err is not None:  # MONAI's config parser re-raises with the ValueError as the cause
+        chain.append(str(err))
+        err = err.__cause__
+    assert any(f"anywhere_crop_prob must be in [0, 1], got {anywhere_crop_prob}" in m for m in chain), chain

@@ -15,7 +15,7 @@ from monai.transforms import MapTransform, SpatialResample
 from monai.transforms import Spacingd as _MonaiSpacingd
 from monai.utils import TraceKeys
 
-__all__ = ["ValidateVolumed", "Spacingd", "BoxedInverseResample", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd", "loading_transforms"]
+__all__ = ["ValidateVolumed", "Spacingd", "BoxedInverseResample", "ForegroundNormalized", "IntensityNormalized", "ClicksFromRequestd", "loading_transforms", "crop_mix_weights"]
 
 
 class ValidateVolumed(MapTransform):
@@ -347,6 +347,19 @@ def _as_list(points: Any) -> list:
     if hasattr(points, "tolist"):
         return points.tolist()
     return [list(p) for p in points]
+
+
+def crop_mix_weights(anywhere_crop_prob: float) -> list[float]:
+    """``OneOf`` weights of the training crops: ``[tumour/background crops, crops centred anywhere]``.
+
+    Raises:
+        ValueError: naming the knob, for a probability outside [0, 1] (MONAI's ``OneOf`` would only say that
+            probabilities must not be negative).
+    """
+    p = float(anywhere_crop_prob)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"anywhere_crop_prob must be in [0, 1], got {anywhere_crop_prob}.")
+    return [1.0 - p, p]
 
 
 def loading_transforms(keys: KeysCollection = "image", spacing: Any = (1.5, 1.5, 1.5), intensity: Mapping[str, Any] | None = None,
