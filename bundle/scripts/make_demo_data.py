@@ -15,13 +15,15 @@ import numpy as np
 from scipy import ndimage
 
 
-def make_phantom(shape=(160, 160, 96), spacing=(1.0, 1.0, 2.0), seed=7):
+def make_phantom(shape=(160, 160, 96), spacing=(1.0, 1.0, 2.0), seed=7, lesion_radius_mm=12.0):
     """A contrast-enhanced abdominal CT phantom (Hounsfield units) with one liver lesion.
 
     Body outline with subcutaneous fat, abdominal wall muscle, visceral fat with bowel loops, an enhancing
     liver (portal venous phase, 110 HU), spleen, kidneys, aorta and cava, and a vertebra (cortical rim and
     cancellous bone); the lesion is a hypodense metastasis (50 HU, radius 12 mm = 7.2 ml) in the liver.
-    Slight blur (the scanner's point spread) and spatially correlated noise are added.  Like a real CT, its
+    ``lesion_radius_mm`` changes the lesion's size (the demo's is 12 mm; tests use others to check that a
+    mask follows the lesion rather than a typical size).  Slight blur (the scanner's point spread) and
+    spatially correlated noise are added.  Like a real CT, its
     intensities span air, fat, soft tissue and bone, so SAT3D's intensity normalisation sees a realistic
     range (a uniform ellipsoid would turn the noise into the main contrast).
 
@@ -57,7 +59,7 @@ def make_phantom(shape=(160, 160, 96), spacing=(1.0, 1.0, 2.0), seed=7):
     img[column(0, 36, 11, 9)] = 250.0  # cancellous bone
     img[column(0, 52, 6, 5) & body] = 600.0  # spinous process
     lesion_c = centre + np.array([-28.0, -8.0, 6.0])
-    lesion = np.linalg.norm(grid - lesion_c, axis=-1) <= 12.0
+    lesion = np.linalg.norm(grid - lesion_c, axis=-1) <= float(lesion_radius_mm)
     img[lesion] = 50.0  # hypodense metastasis
     img = ndimage.gaussian_filter(img, 0.7)
     img += 1.6 * ndimage.gaussian_filter(rng.normal(0.0, 20.0, shape), 0.8)
