@@ -108,7 +108,7 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
 
 
-@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run16.pt"])
+@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run17.pt"])
 def test_experimental_weights_load_with_their_configuration(name):
     """The CPU attempts' weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
     from conftest import BUNDLE
