@@ -23,9 +23,9 @@ def make_phantom(shape=(160, 160, 96), spacing=(1.0, 1.0, 2.0), seed=7, lesion_r
     cancellous bone); the lesion is a hypodense metastasis (50 HU, radius 12 mm = 7.2 ml) in the liver.
     ``lesion_radius_mm`` changes the lesion's size (the demo's is 12 mm; tests use others to check that a
     mask follows the lesion rather than a typical size).  Slight blur (the scanner's point spread) and
-    spatially correlated noise are added.  Like a real CT, its
-    intensities span air, fat, soft tissue and bone, so SAT3D's intensity normalisation sees a realistic
-    range (a uniform ellipsoid would turn the noise into the main contrast).
+    spatially correlated noise are added.  Like a real CT, its intensities span air, fat, soft tissue and
+    bone, so SAT3D's intensity normalisation sees a realistic range (a uniform ellipsoid would turn the
+    noise into the main contrast).
 
     Returns:
         image (float32, HU), lesion mask (uint8), affine (RAS, mm; origin at the volume centre) and the
