@@ -16,6 +16,16 @@ SHARED = REPO.parent / "shared"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def demo_data_module():
+    """``bundle/scripts/make_demo_data.py`` imported as a module (for ``make_phantom``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_sphere_volume(shape=(40, 36, 44), centre=None, radius=7.0, seed=0, spacing=(1.5, 1.2, 2.0)):
     """A noisy image with a bright sphere and its label; returns (image, label, affine)."""
     rng = np.random.default_rng(seed)

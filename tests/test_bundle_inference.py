@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, SHARED, make_sphere_volume
+from conftest import BUNDLE, SHARED, demo_data_module, make_sphere_volume
 from monai.bundle import ConfigParser, verify_metadata
 from sat3d.atomic import write_nifti_atomic
 from sat3d.clicks import clicks_to_voxels, load_clicks_file
@@ -287,10 +286,7 @@ def test_demo_data_and_clicks_file_run_end_to_end(tmp_path):
     clicks = json.loads((demo / "clicks.json").read_text())
     (i, j, k), = clicks["phantom_ct.nii.gz"]["positive"]
     src = nib.load(str(demo / "phantom_ct.nii.gz"))
-    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    img, lesion, _, _ = mod.make_phantom()
+    img, lesion, _, _ = demo_data_module().make_phantom()
     assert lesion[i, j, k] == 1, "the demo click must lie in the lesion"
     assert np.allclose(src.get_fdata(), img, atol=0.01), "the written phantom is make_phantom's"
     again = subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(demo)], capture_output=True, text=True)

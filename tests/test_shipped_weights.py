@@ -7,7 +7,6 @@ weights fall short, as soon as ``bundle/models/model.pt`` exists).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE, REPO
+from conftest import BUNDLE, REPO, demo_data_module
 from sat3d.weights import read_config
 
 WEIGHTS = BUNDLE / "models" / "model.pt"
@@ -36,10 +35,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     data = root / "sample_data"
     subprocess.run([sys.executable, str(BUNDLE / "scripts" / "make_demo_data.py"), str(data)], check=True, capture_output=True)
-    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    _, lesion, _, _ = mod.make_phantom()
+    _, lesion, _, _ = demo_data_module().make_phantom()
     return root, data, lesion
 
 
@@ -82,9 +78,7 @@ def click_dice_by_lesion_size(weights, folder, radii_mm=(6.0, 12.0, 18.0)):
     """One click at the centre of the demo phantom's liver lesion, drawn with three radii: (Dice, mask ml) each."""
     from sat3d.session import FileSession
 
-    spec = importlib.util.spec_from_file_location("make_demo_data", BUNDLE / "scripts" / "make_demo_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = demo_data_module()
     out = []
     for r in radii_mm:
         img, lesion, affine, vox = mod.make_phantom(lesion_radius_mm=r)
