@@ -43,7 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: preset -> (preset whose weights it can start from, prefix of the parameters it adds).  The added parameters
 #: keep their initialisation, which makes the grown network compute what the smaller one computed.
-PRESET_BASES: dict[str, tuple[str, str]] = {"sat3d_detail": ("sat3d_base", "mask_decoder.detail.")}
+PRESET_BASES: dict[str, tuple[str, str]] = {"sat3d_detail": ("sat3d_base", "mask_decoder.detail."),
+                                            "sat3d_geodesic": ("sat3d_detail", "mask_decoder.click_detail.")}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -57,6 +58,16 @@ def _merge(base: dict, extra: dict) -> dict:
 # see sat3d.modeling.detail_encoder).  Derived from sat3d_base, so the two cannot drift apart: it starts as an
 # exact copy of it (zero-initialised projections) and fine-tunes from its weights (PRESET_BASES).
 PRESETS["sat3d_detail"] = _merge(PRESETS["sat3d_base"], {"decoder": {"detail_channels": (16, 32, 64)}})
+
+# sat3d_detail plus a conv branch on geodesic click maps (where the clicked region extends along the image;
+# see sat3d.modeling.geodesic), added like the detail branch.  Not in the paper.  A Euclidean click carries no
+# hint of the object's edge, and every CPU-trained sat3d_detail network learnt a typical mask size around
+# the click instead of the lesion's.  Zero-initialised projections: it starts as an exact copy of
+# sat3d_detail and fine-tunes from its weights (PRESET_BASES).
+PRESETS["sat3d_geodesic"] = _merge(PRESETS["sat3d_detail"], {"decoder": {
+    "click_detail_channels": (8, 16, 32),
+    "geodesic": {"gamma": 20.0, "scale": 4.0, "pool": 2, "iterations": 24},
+}})
 
 
 def build_sat3d(

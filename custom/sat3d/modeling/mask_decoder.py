@@ -35,6 +35,13 @@ class MaskDecoder3D(nn.Module):
             the crop are added after each transposed conv (as SAM 2 adds high-resolution features); ``None``
             (the paper's decoder) for none.  With it, :meth:`forward` needs the crop.
         in_channels: image channels (for the detail branch).
+        click_detail_channels: widths of a second :class:`~sat3d.modeling.detail_encoder.DetailEncoder3D` on
+            the geodesic click maps (:func:`sat3d.modeling.geodesic.geodesic_click_maps`: where the clicked region
+            extends along the image), added like the detail branch's features; ``None`` for none.  Needs a
+            detail branch.  With it, :meth:`forward` needs ``click_maps``.
+        geodesic: keyword arguments of :func:`~sat3d.modeling.geodesic.geodesic_click_maps` (``gamma``, ``scale``,
+            ``pool``, ``iterations``) for the maps this decoder was trained with; kept here so that the
+            network computes them the same way wherever it runs.
     """
 
     def __init__(
@@ -49,6 +56,8 @@ class MaskDecoder3D(nn.Module):
         upscale_norm: str = "group",
         detail_channels: tuple[int, int, int] | None = None,
         in_channels: int = 1,
+        click_detail_channels: tuple[int, int, int] | None = None,
+        geodesic: dict | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -66,12 +75,17 @@ class MaskDecoder3D(nn.Module):
             nn.GELU(),
         )
         self.detail = None if detail_channels is None else DetailEncoder3D(in_channels, detail_channels, (c1, c2))
+        if click_detail_channels is not None and self.detail is None:
+            raise ValueError("click_detail_channels needs a detail branch (detail_channels).")
+        self.click_detail = None if click_detail_channels is None else DetailEncoder3D(2, click_detail_channels, (c1, c2))
+        self.geodesic = dict(geodesic or {})
         self.hypernetwork = MLP(embed_dim, embed_dim, c2, 3)
         self.iou_head = MLP(embed_dim, iou_head_hidden, 1, 3)
 
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
         image: torch.Tensor | None = None,
+        click_maps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode.
 
@@ -81,6 +95,8 @@ class MaskDecoder3D(nn.Module):
             sparse: ``(B, N, C)`` click embeddings (``N`` may be 0).
             dense: ``(B, C, d, h, w)`` dense prompt embedding.
             image: ``(B, C_in, 16d, 16h, 16w)`` the crop, needed (only) by a decoder with a detail branch.
+            click_maps: ``(B, 2, 16d, 16h, 16w)`` positive and negative geodesic click maps, needed (only) by a
+                decoder with a click branch.
 
         Returns:
             mask logits ``(B, 1, 4d, 4h, 4w)`` and predicted IoU ``(B, 1)``.
@@ -103,6 +119,11 @@ class MaskDecoder3D(nn.Module):
             if image is None:
                 raise ValueError("this mask decoder has a detail branch and needs the image crop (pass image=...).")
             f8, f4 = self.detail(image.to(src.dtype))
+            if self.click_detail is not None:
+                if click_maps is None:
+                    raise ValueError("this mask decoder has a click branch and needs the geodesic click maps (pass click_maps=...).")
+                g8, g4 = self.click_detail(click_maps.to(src.dtype))
+                f8, f4 = f8 + g8, f4 + g4
             if f8.shape[2:] != (2 * d, 2 * h, 2 * w):
                 raise ValueError(f"crop {tuple(image.shape[2:])} does not fit the embedding grid {(d, h, w)} (expected 16x).")
             dc1, norm1, act1, dc2, act2 = self.output_upscaling

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..constants import CONFIDENCE_THRESHOLD
 from .critic import Critic3D
+from .geodesic import geodesic_click_maps
 from .image_encoder import SwinImageEncoder3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -133,8 +134,13 @@ class SAT3D(nn.Module):
                 f"{self.prompt_encoder.embedding_size}; crops must be {self.roi_size}."
             )
         sparse, dense = self.prompt_encoder(points, point_labels, prev_mask, confidence, batch_size=embedding.shape[0])
+        maps = None
+        if getattr(self.mask_decoder, "click_detail", None) is not None:
+            if image is None:
+                raise ValueError("this network's decoder has a click branch and needs the crop (pass image=...).")
+            maps = geodesic_click_maps(image, points, point_labels, **self.mask_decoder.geodesic)
         return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(), sparse.to(embedding.dtype), dense.to(embedding.dtype),
-                                 image=image if self.needs_image else None)
+                                 image=image if self.needs_image else None, click_maps=maps)
 
     def judge(self, image: torch.Tensor, mask_prob: torch.Tensor) -> torch.Tensor:
         """Critic confidence ``(B, 1, D, H, W)`` in [0, 1] for a mask probability on an image crop."""
