@@ -52,7 +52,7 @@ def test_weights_are_shipped_small_and_carry_their_configuration():
     cfg = read_config(WEIGHTS)
     for key in ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "version", "training"):
         assert key in cfg, key
-    assert cfg["preset"] in ("sat3d_base", "sat3d_detail") and cfg["training"]
+    assert cfg["preset"] in ("sat3d_base", "sat3d_detail", "sat3d_geodesic") and cfg["training"]
 
 
 def test_demo_with_one_click_and_automatic(demo):

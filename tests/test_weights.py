@@ -108,7 +108,7 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
 
 
-@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run17.pt"])
+@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run18.pt"])
 def test_experimental_weights_load_with_their_configuration(name):
     """The CPU attempts' weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
     from conftest import BUNDLE
@@ -118,7 +118,7 @@ def test_experimental_weights_load_with_their_configuration(name):
     assert path.is_file() and path.stat().st_size <= 25 * 1024 * 1024
     cfg = read_config(path)
     assert cfg["status"] == "experimental" and cfg["training"].startswith("EXPERIMENTAL")
-    assert cfg["preset"] in ("sat3d_base", "sat3d_detail") and cfg["roi_size"] == [64, 64, 64] and cfg["spacing"] == [1.5, 1.5, 1.5]
+    assert cfg["preset"] in ("sat3d_base", "sat3d_detail", "sat3d_geodesic") and cfg["roi_size"] == [64, 64, 64] and cfg["spacing"] == [1.5, 1.5, 1.5]
     assert InteractiveSession.from_weights(str(path)).roi_size == (64, 64, 64)
 
 
