@@ -108,20 +108,15 @@ def geodesic_click_maps(image: torch.Tensor, points: torch.Tensor | None, labels
     if points is None or labels is None or points.shape[1] == 0:
         return F.interpolate(maps, size=image.shape[2:], mode="trilinear", align_corners=False)
     idx = torch.div(points.float(), pool).floor().long()
+    # a click outside the crop (of another window) says nothing about this crop's voxels: left out
+    in_crop = ((idx >= 0) & (idx < torch.tensor(grid, device=idx.device))).all(-1)
     for c, want in ((0, 1), (1, 0)):
-        seeds = torch.zeros((b, *grid), dtype=torch.bool, device=image.device)
-        any_seed = False
-        for i in range(b):
-            for n in range(points.shape[1]):
-                if int(labels[i, n]) != want:
-                    continue
-                v = [int(x) for x in idx[i, n]]
-                if not all(0 <= x < g for x, g in zip(v, grid)):
-                    continue  # a click of another window: it says nothing about this crop's pixels
-                seeds[i, v[0], v[1], v[2]] = True
-                any_seed = True
-        if not any_seed:
+        bi, ni = (in_crop & (labels.to(idx.device) == want)).nonzero(as_tuple=True)
+        if len(bi) == 0:
             continue
+        v = idx[bi, ni]
+        seeds = torch.zeros((b, *grid), dtype=torch.bool, device=image.device)
+        seeds[bi, v[:, 0], v[:, 1], v[:, 2]] = True
         geo = geodesic_distance(coarse, seeds, gamma=gamma, iterations=iterations)
         euc = geodesic_distance(coarse, seeds, gamma=0.0, iterations=iterations)
         barrier = (geo - euc).clamp_min(0.0)  # what the intensity edges on the way add to the path
