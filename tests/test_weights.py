@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EXPERIMENTAL_WEIGHTS
 from sat3d import build_sat3d
 from sat3d.weights import DEFAULT_CONFIG, check_config, load_weights, read_config, read_weights, save_weights
 
@@ -108,7 +109,7 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
 
 
-@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", "sat3d_cpu_run18.pt"])
+@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", EXPERIMENTAL_WEIGHTS.name])
 def test_experimental_weights_load_with_their_configuration(name):
     """The CPU attempts' weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
     from conftest import BUNDLE
