@@ -34,6 +34,31 @@ def test_round_trip_fp16_storage_loaded_as_fp32(tiny, tmp_path):
     assert all(torch.equal(net.state_dict()[k], own[k]) for k in own if k.endswith("relative_position_index"))
 
 
+def test_average_is_the_parameter_mean_and_refuses_other_networks(tiny, tmp_path):
+    from sat3d.weights import average_weights, main
+
+    cfg = {"preset": "sat3d_tiny", "roi_size": [32, 32, 32], "training": "a"}
+    a = save_weights(tiny, tmp_path / "a.pt", cfg, half=False)
+    torch.manual_seed(1)
+    other = build_sat3d("sat3d_tiny")
+    b = save_weights(other, tmp_path / "b.pt", {**cfg, "training": "b"}, half=False)
+    state, config = average_weights([a, b])
+    ra, rb = tiny.state_dict(), other.state_dict()
+    key = "mask_decoder.mask_token.weight"
+    assert not torch.equal(ra[key], rb[key])
+    assert torch.allclose(state[key], (ra[key] + rb[key]) / 2)
+    assert config["training"] == "a"
+    main(["average", str(tmp_path / "m.pt"), str(a), str(b), "--config", '{"training": "mean of a and b"}'])
+    avg, cfg_out = read_weights(tmp_path / "m.pt")
+    assert cfg_out["training"] == "mean of a and b" and cfg_out["preset"] == "sat3d_tiny"
+    assert torch.allclose(avg[key], (ra[key] + rb[key]) / 2, atol=2e-3)  # stored as float16
+    c = save_weights(build_sat3d("sat3d_tiny", overrides={"roi_size": [64, 64, 64]}), tmp_path / "c.pt", {**cfg, "roi_size": [64, 64, 64]})
+    with pytest.raises(ValueError, match="c.pt"):
+        average_weights([a, c])
+    with pytest.raises(ValueError, match="at least two"):
+        average_weights([a])
+
+
 def test_contradicting_settings_are_refused(tiny, tmp_path):
     path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32]})
     with pytest.raises(ValueError, match=r"roi_size \[64, 64, 64\] \(weights: \[32, 32, 32\]\)"):

@@ -14,7 +14,9 @@ with the wrong window, spacing, normalisation or thresholds.  A plain state dict
 checkpoints) is still accepted, with a warning that nothing can be checked.
 
 ``python -m sat3d.weights show FILE`` prints a file's configuration; ``python -m sat3d.weights pack CHECKPOINT
-OUTPUT --config JSON`` writes a weights file from a training checkpoint.
+OUTPUT --config JSON`` writes a weights file from a training checkpoint; ``python -m sat3d.weights average
+OUTPUT FILE FILE ... [--config JSON]`` writes the mean of several weights files of one network (e.g. the last
+checkpoints of a run: a flatter, steadier model than any one of them).
 """
 
 from __future__ import annotations
@@ -256,6 +258,29 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
     return config
 
 
+def average_weights(paths: list[str | Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The parameter-wise mean of several weights files of one network -> (float32 state dict, first config).
+
+    Integer buffers are taken from the first file.  Raises ``ValueError`` naming the file whose parameters or
+    window (``preset``, ``roi_size``) differ from the first's.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two weights files, got {len(paths)}.")
+    first, config = read_weights(paths[0])
+    total = {k: v.clone() for k, v in first.items()}
+    for p in paths[1:]:
+        state, cfg = read_weights(p)
+        if set(state) != set(first) or any(state[k].shape != first[k].shape for k in first):
+            raise ValueError(f"{p}: its parameters differ from those of {paths[0]}; only weights of one network can be averaged.")
+        for key in ("preset", "roi_size"):
+            if config and cfg and not _same(config.get(key), cfg.get(key)):
+                raise ValueError(f"{p}: {key} {cfg.get(key)!r} differs from {config.get(key)!r} of {paths[0]}.")
+        for k, v in state.items():
+            if v.is_floating_point():
+                total[k] += v
+    return {k: (v / len(paths) if v.is_floating_point() else v) for k, v in total.items()}, config
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sat3d.weights", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd")
@@ -266,8 +291,16 @@ def main(argv: list[str] | None = None) -> None:
     pack.add_argument("output")
     pack.add_argument("--config", required=True, help="JSON object merged into the defaults (roi_size, spacing, training, ...)")
     pack.add_argument("--float32", action="store_true", help="store float32 instead of float16")
+    avg = sub.add_parser("average", help="write the mean of several weights files of one network (fp16)")
+    avg.add_argument("output")
+    avg.add_argument("inputs", nargs="+")
+    avg.add_argument("--config", default="{}", help="JSON object merged into the first file's configuration")
     args = parser.parse_args(argv)
-    if args.cmd == "pack":
+    if args.cmd == "average":
+        state, cfg = average_weights(args.inputs)
+        save_weights(state, args.output, {**(cfg or {}), **json.loads(args.config)})
+        print(f"wrote {args.output}: the mean of {len(args.inputs)} files: {json.dumps(read_config(args.output))}")
+    elif args.cmd == "pack":
         state, cfg = read_weights(args.checkpoint)
         config = {**(cfg or {}), **json.loads(args.config)}
         save_weights(state, args.output, config, half=not args.float32)
