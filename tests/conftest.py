@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 SHARED = REPO.parent / "shared"
 #: the newest experimental (CPU-trained, not shipped as model.pt) weights, kept for fine-tuning and tests
-EXPERIMENTAL_WEIGHTS = BUNDLE / "models" / "experimental" / "sat3d_cpu_run18.pt"
+EXPERIMENTAL_WEIGHTS = BUNDLE / "models" / "experimental" / "sat3d_cpu_run19.pt"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -77,8 +77,10 @@ def test_bad_files_are_named(tiny, tmp_path):
         load_weights(tiny, text)
     with pytest.raises(ValueError, match="is a folder"):
         load_weights(tiny, tmp_path)
-    with pytest.raises(FileNotFoundError, match="no SAT3D weights"):
+    with pytest.raises(FileNotFoundError, match="no SAT3D weights") as missing:
         load_weights(tiny, tmp_path / "absent.pt")
+    # the message points to the experimental weights that are actually kept
+    assert f"bundle/models/experimental/{EXPERIMENTAL_WEIGHTS.name}" in str(missing.value) and EXPERIMENTAL_WEIGHTS.is_file()
     state = dict(tiny.state_dict())
     state.pop("critic.head.weight")
     torch.save(state, tmp_path / "truncated.pt")

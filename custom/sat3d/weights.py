@@ -213,7 +213,7 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | Path | None, require
             "pass --ckpt_path to weights you trained with the train workflow, or to the authors' published SAT3D "
             "weights converted with 'python -m sat3d.convert', or, to try the experimental CPU-trained weights "
             "(below a usable model on the demo; see the model card), to "
-            "bundle/models/experimental/sat3d_cpu_run18.pt. "
+            "bundle/models/experimental/sat3d_cpu_run19.pt. "
             "Set require_weights to false only for testing with random weights."
         )
         if require:
