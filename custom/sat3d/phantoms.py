@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 __all__ = ["random_phantom"]
 
@@ -26,12 +27,8 @@ _CT = {"air": -1000.0, "fat": -100.0, "muscle": 50.0, "visceral_fat": -90.0, "bo
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    a = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
-    cx, sx, cy, sy, cz, sz = np.cos(a[0]), np.sin(a[0]), np.cos(a[1]), np.sin(a[1]), np.cos(a[2]), np.sin(a[2])
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    """A random rotation matrix: angles about x, y and z drawn in ``[-max_deg, max_deg]``."""
+    return Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
 
 
 def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 80),
