@@ -18,6 +18,12 @@ EXPERIMENTAL_WEIGHTS = BUNDLE / "models" / "experimental" / "sat3d_cpu_run19.pt"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two masks (nonzero voxels); 0 when both are empty."""
+    a, b = a > 0, b > 0
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
 def demo_data_module():
     """``bundle/scripts/make_demo_data.py`` imported as a module (for ``make_phantom``)."""
     import importlib.util

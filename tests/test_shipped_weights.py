@@ -14,7 +14,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import BUNDLE, REPO, demo_data_module
+from conftest import BUNDLE, REPO, demo_data_module, dice
 from sat3d.weights import read_config
 
 WEIGHTS = BUNDLE / "models" / "model.pt"
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.xfail(
     not WEIGHTS.is_file(), strict=True,
     reason="no trained weights shipped yet (issue 8: the first CPU training run did not reach the demo thresholds)",
 )
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +57,12 @@ def test_demo_with_one_click_and_automatic(demo):
     text = clicked.stdout + clicked.stderr
     assert "phantom_ct.nii.gz:" in text and " ml in " in text and "centre [" in text, "the run must say where the mask is and its volume"
     mask = np.asarray(nib.load(str(root / "clicked" / "phantom_ct_mask.nii.gz")).dataobj)
-    dice_click = _dice(mask, lesion)
+    dice_click = dice(mask, lesion)
     assert dice_click >= 0.8, f"Dice with the demo's one click {dice_click:.3f} < 0.8"
     auto = _readme_command(data, root / "auto")
     assert auto.returncode == 0, auto.stderr[-3000:]
     mask = np.asarray(nib.load(str(root / "auto" / "phantom_ct_mask.nii.gz")).dataobj)
-    dice_auto = _dice(mask, lesion)
+    dice_auto = dice(mask, lesion)
     assert dice_auto >= 0.5, f"automatic mode Dice {dice_auto:.3f} < 0.5"
     rows = json.loads(next((root / "clicked").glob("results-*.json")).read_text())
     lesion_ml = lesion.sum() * 2.0 / 1000.0  # phantom voxels are 1 x 1 x 2 mm
@@ -88,7 +83,7 @@ def click_dice_by_lesion_size(weights, folder, radii_mm=(6.0, 12.0, 18.0)):
         fs.set_image(path)
         fs.add_click(vox, True)
         mask = np.asarray(fs.mask)
-        out.append((_dice(mask, lesion), float(mask.sum()) * 2.0 / 1000.0))
+        out.append((dice(mask, lesion), float(mask.sum()) * 2.0 / 1000.0))
     return out
 
 
