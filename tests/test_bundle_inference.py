@@ -278,6 +278,7 @@ def test_missing_weights_give_a_clear_message(tmp_path):
     assert proc.returncode != 0
     assert f"no SAT3D weights at {tmp_path / 'none.pt'}" in proc.stderr + proc.stdout
     assert "python -m sat3d.convert" in proc.stderr + proc.stdout, "the message must name the way to the authors' weights"
+    assert not (tmp_path / "o").exists(), "a run that stops for missing weights leaves no (empty) output folder behind"
 
 
 def test_demo_data_and_clicks_file_run_end_to_end(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -192,10 +194,22 @@ class FolderInference:
         return {**row, "status": "ok", **stats}
 
     def _check_output_dir(self) -> None:
+        """The output folder can be written, checked without creating it: a run that stops before any file
+        (missing weights, say) leaves no empty folder behind.  :meth:`_make_output_dir` creates it."""
+        existing = self.output_dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent  # the nearest folder that exists: where the new one would be made
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".sat3d-write-test.", suffix=".tmp")
+            probe.close()
+        except OSError as e:
+            raise ValueError(f"output folder {self.output_dir} is not writable: {e.strerror or e}.") from None
+
+    def _make_output_dir(self) -> None:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.output_dir, prefix=".sat3d-write-test.", suffix=".tmp")
-            probe.close()
         except OSError as e:
             raise ValueError(f"output folder {self.output_dir} is not writable: {e.strerror or e}.") from None
 
@@ -226,6 +240,7 @@ class FolderInference:
             problems = problems if rank == 0 else []
             logger.info("rank %d of %d: %d of %d files", rank, world, len(files), len(all_files))
         load_weights(self.network, self.ckpt_path, self.require_weights, self.settings)
+        self._make_output_dir()
         self.network.to(self.device).eval()
         self.results = []
         total = len(files) + len(problems)
