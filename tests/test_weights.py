@@ -136,7 +136,24 @@ def test_training_evaluation_and_inference_preprocess_identically(tmp_path):
         assert np.allclose(np.asarray(out.affine), np.asarray(ref.affine)), (config, key)
 
 
-@pytest.mark.parametrize("name", ["sat3d_cpu_attempt1.pt", EXPERIMENTAL_WEIGHTS.name])
+def test_fine_tuning_may_change_the_window_but_not_the_preprocessing(tiny, tmp_path):
+    """A training run at another window (the GPU's 128^3 after the CPU's 64^3) starts from the weights; a run
+    whose spacing contradicts them is refused before it trains."""
+    from ignite.engine import Engine
+    from sat3d.handlers import TrainingStart
+
+    path = save_weights(tiny, tmp_path / "m.pt", {"preset": "sat3d_tiny", "roi_size": [32, 32, 32]})
+    run = {"preset": "sat3d_tiny", "roi_size": [64, 64, 64], "spacing": [1.5, 1.5, 1.5]}
+    net = build_sat3d("sat3d_tiny", overrides={"roi_size": [64, 64, 64]})
+    key = "mask_decoder.mask_token.weight"
+    assert not torch.equal(net.state_dict()[key], tiny.state_dict()[key].float())
+    TrainingStart(net, init_weights=str(path), model_config=run)(Engine(lambda e, b: None))
+    assert torch.allclose(net.state_dict()[key], tiny.state_dict()[key], atol=2e-3)
+    with pytest.raises(ValueError, match="spacing"):
+        TrainingStart(net, init_weights=str(path), model_config={**run, "spacing": [1.0, 1.0, 1.0]})(Engine(lambda e, b: None))
+
+
+@pytest.mark.parametrize("name", [EXPERIMENTAL_WEIGHTS.name])
 def test_experimental_weights_load_with_their_configuration(name):
     """The CPU attempts' weights are kept for fine-tuning: they load strictly, are small, and say what they are."""
     from conftest import BUNDLE

@@ -65,8 +65,9 @@ DERIVED_BUFFERS = ("relative_position_index",)
 #: keys a run's settings are checked against
 CHECKED_KEYS = ("preset", "roi_size", "spacing", "intensity", "confidence_threshold", "mask_threshold", "protocol",
                 "click_prompt_radius")
-#: checked keys that fine-tuning may change (the new run learns the new setting)
-FINE_TUNABLE_KEYS = ("click_prompt_radius",)
+#: checked keys that fine-tuning may change (the new run learns the new setting; the window too: the Swin
+#: encoder's weights do not depend on the crop size, and a run at 128^3 continues from weights of 64^3)
+FINE_TUNABLE_KEYS = ("click_prompt_radius", "roi_size")
 
 
 def _norm(value: Any) -> Any:
