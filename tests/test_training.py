@@ -512,6 +512,22 @@ def test_train_config_passes_monais_workflow_checks(dataset, tmp_path):
     assert any("init_process_group" in str(x) for x in p["train#run"]) and "trainer" in p["train"]
 
 
+def test_train_batches_cases_that_carry_different_metadata(dataset, tmp_path):
+    """Batch > 1 (the GPU overlay's 4): cases with and without ``target_classes``, of other patients and
+    weights, collate into one batch (only image and label reach the trainer)."""
+    items = [{"image": "c0.nii.gz", "label": "c0_seg.nii.gz", "patient": "a", "modality": "CT"},
+             {"image": "c1.nii.gz", "label": "c1_seg.nii.gz", "target_classes": [2], "weight": 0.5}]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": items[:1]}))
+    out = tmp_path / "run"
+    res = subprocess.run(bundle_cmd("train", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(dataset),
+                                    "--datalist", str(datalist), "--output_dir", str(out), *TINY, "--batch_size", "2",
+                                    "--max_epochs", "1", "--epoch_length", "2", "--num_prompt_steps", "1",
+                                    "--val_interval", "5", "--target_labels", "[1,2]"),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and (out / "checkpoints" / "model.pt").is_file(), res.stderr[-3000:]
+
+
 def test_train_kill_resume_and_evaluate(dataset, tmp_path):
     cfg = str(BUNDLE / "configs" / "train.json")
     out = tmp_path / "run"
