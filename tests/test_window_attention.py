@@ -69,3 +69,28 @@ def test_layer_swaps_in_our_module_with_the_same_parameters_and_caches_forms_wit
     assert forms.shape[0] <= 8 and which.shape[0] == mask.shape[0]
     layer.blocks[0].attn.qkv.weight.data.zero_()  # the block's module holds the layer's parameter itself
     assert float(layer.state_dict()["blocks.0.attn.qkv.weight"].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_attention_mask_is_contiguous_in_the_queries_dtype(monkeypatch, shifted):
+    """SDPA's fused kernels take a mask only in the queries' dtype and with a contiguous last dimension;
+    otherwise it falls back to its math path (on an H100: 7.6 ms instead of 0.74 ms per call, the encoder
+    three times slower).  Under bf16 autocast on a GPU the block's input is fp32 (layer norm runs in fp32)
+    while the queries are bf16, and the relative-position bias comes out of a permute."""
+    from sat3d.modeling import window_attention
+
+    seen = []
+    sdpa = window_attention.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((q.dtype, attn_mask.dtype, attn_mask.stride(-1)))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(window_attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    attn = GroupedWindowAttention(24, 3, (4, 4, 4), qkv_bias=True).eval()
+    mask = compute_mask([8, 12, 8], (4, 4, 4), (2, 2, 2), "cpu") if shifted else None
+    x = torch.randn(2 * 12, 64, 24)  # fp32, as the GPU's autocast leaves a layer norm's output
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, mask)
+    assert out.shape == x.shape and seen and all(m == q == torch.bfloat16 and s == 1 for q, m, s in seen), seen
