@@ -89,6 +89,49 @@ def test_interior_clicks_fall_deep_inside_the_largest_component():
     assert lab.tolist() == [[0]]  # the paper's rule: the larger error region
 
 
+def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
+    """The GPU's interior clicks (torch, batched; run here on the CPU): largest component, deep inside it,
+    the user's sign choice; a scipy distance check of the picked voxels."""
+    from sat3d.click_simulation import interior_voxels, largest_components
+    from scipy import ndimage
+
+    region = torch.zeros(24, 24, 24, dtype=torch.bool)
+    region[2:13, 2:13, 2:13] = True  # 1331 voxels, centre (7, 7, 7)
+    region[18:21, 18:21, 18:21] = True  # 27 voxels
+    touching = torch.zeros(24, 24, 24, dtype=torch.bool)
+    touching[2:5, 2:5, 2:5] = True
+    touching[5:8, 5:8, 5:8] = True  # touches the first cube at one corner: 26-connected, one component
+    masks, sizes = largest_components(torch.stack([region, touching, torch.zeros_like(region)]))
+    assert sizes.tolist() == [1331, 54, 0]
+    assert torch.equal(masks[0], torch.from_numpy(ndimage.label(region.numpy())[0] == 1)) and not masks[2].any()
+    g = torch.Generator().manual_seed(0)
+    assert interior_voxels(region[None].expand(2, -1, -1, -1), g, depth=1.0).long().tolist() == [[7, 7, 7]] * 2
+    pts = interior_voxels(region[None].expand(30, -1, -1, -1), g, depth=0.5).long()
+    assert all(4 <= c <= 10 for c in pts.view(-1).tolist())
+    edt = ndimage.distance_transform_edt(np.pad(region.numpy(), 1))[1:-1, 1:-1, 1:-1]
+    assert min(edt[tuple(p)] for p in pts.tolist()) >= 0.5 * edt.max() - 1
+    assert len({tuple(p) for p in pts.tolist()}) > 5  # random among the deep voxels, not always the centre
+    with pytest.raises(ValueError, match="at least one voxel"):
+        interior_voxels(torch.stack([region, torch.zeros_like(region)]), g)
+    gt = torch.zeros(2, 1, 24, 24, 24)
+    gt[:, 0, 2:10, 2:10, 2:10] = 1  # 512 missed voxels in one component
+    pred = torch.zeros_like(gt)
+    pred[0, 0, 12::2, ::2, ::2] = 1  # sample 0: 864 scattered false alarms: the user still clicks the miss
+    pred[1, 0, 2:10, 2:10, 2:10] = 1
+    pred[1, 0, 12:22, 12:22, 12:22] = 1  # sample 1: the miss is gone, one large false alarm: a negative click
+    for batched in (False, True):
+        pts, lab = sample_error_clicks(pred, gt, g, where="interior", batched=batched)
+        assert lab.tolist() == [[1], [0]], batched
+        assert gt[0, 0][tuple(pts[0, 0].long().tolist())] == 1 and pred[1, 0][tuple(pts[1, 0].long().tolist())] == 1
+        assert all(3 <= c <= 8 for c in pts[0, 0].long().tolist()) and all(14 <= c <= 19 for c in pts[1, 0].long().tolist())
+    pts, lab = sample_error_clicks(gt, gt, g, where="interior", batched=True)
+    assert lab.tolist() == [[-1], [-1]]
+    first = torch.zeros(3, 1, 16, 16, 16)
+    first[0, 0, 3:12, 3:12, 3:12] = 1
+    pts, lab = sample_first_clicks(first, 1.0, g, batched=True)
+    assert lab.tolist() == [[1], [-1], [-1]] and all(5 <= c <= 9 for c in pts[0, 0].long().tolist())
+
+
 def test_first_clicks_are_positive_inside_the_tumour_or_absent():
     gt = torch.zeros(3, 1, 16, 16, 16)
     gt[0, 0, 3:12, 3:12, 3:12] = 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
-__all__ = ["sample_error_clicks", "sample_first_clicks", "interior_voxel", "next_click_volume"]
+__all__ = ["sample_error_clicks", "sample_first_clicks", "interior_voxel", "interior_voxels", "largest_components",
+           "next_click_volume"]
 
 #: where training draws a click in a region: any voxel, or the interior of its largest component
 CLICK_SAMPLING = ("uniform", "interior")
@@ -48,8 +50,89 @@ def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = Non
     return torch.as_tensor(idx[k], dtype=torch.float32)
 
 
+def largest_components(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest 26-connected component of each boolean map, on the maps' device (batched).
+
+    Every voxel starts with its own index and takes the largest index among itself and its 26 neighbours
+    inside the map until nothing changes, so each component ends labelled by its largest voxel index.
+
+    Args:
+        regions: ``(N, D, H, W)`` boolean maps.
+
+    Returns:
+        ``(N, D, H, W)`` boolean masks of the largest components (empty for an empty map) and ``(N,)`` their
+        sizes in voxels.
+    """
+    if regions.ndim != 4:
+        raise ValueError(f"regions must be (N, D, H, W), got {tuple(regions.shape)}.")
+    n, numel = regions.shape[0], regions[0].numel()
+    dtype = torch.float32 if numel < 2**24 else torch.float64  # indices stay exact
+    inside = regions.unsqueeze(1).to(dtype)
+    ids = torch.arange(1, numel + 1, device=regions.device, dtype=dtype).view(1, 1, *regions.shape[1:]) * inside
+    for sweep in range(numel):
+        grown = F.max_pool3d(ids, 3, stride=1, padding=1) * inside
+        if sweep % 4 == 3 and torch.equal(grown, ids):
+            break
+        ids = grown
+    flat = ids.view(n, -1).long()
+    offsets = (torch.arange(n, device=regions.device) * (numel + 1)).view(n, 1)
+    counts = torch.bincount((flat + offsets).view(-1), minlength=n * (numel + 1)).view(n, numel + 1)
+    counts[:, 0] = 0
+    sizes, best = counts.max(1)
+    masks = (flat == best.view(n, 1)) & (sizes.view(n, 1) > 0)
+    return masks.view(regions.shape), sizes
+
+
+def interior_voxels(regions: torch.Tensor, generator: torch.Generator | None = None, depth: float = 0.5,
+                    largest: bool = True) -> torch.Tensor:
+    """:func:`interior_voxel` for a batch of maps on their device (the GPU's training clicks).
+
+    The distance to the border is the number of erosions a voxel survives, alternating the 6- and the
+    26-neighbourhood (an octagonal approximation of the Euclidean distance that :func:`interior_voxel`
+    computes with scipy on the CPU); the volume's edge counts as border.  Components are 26-connected.
+
+    Args:
+        regions: ``(N, D, H, W)`` boolean maps, each with at least one voxel.
+        generator: random generator (on CPU); one draw per map, in order.
+        depth: fraction in [0, 1] of the maximal border distance a candidate must reach.
+        largest: restrict each map to its largest component first (``False``: the maps are components).
+
+    Returns:
+        ``(N, 3)`` float voxel coordinates (on the maps' device).
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}.")
+    if regions.ndim != 4 or not bool(regions.flatten(1).any(1).all()):
+        raise ValueError("interior_voxels needs (N, D, H, W) maps, each with at least one voxel.")
+    masks = largest_components(regions)[0] if largest else regions.bool()
+    cur = masks.unsqueeze(1).float()
+    dist = torch.zeros_like(cur)
+    level = 0
+    while bool(cur.any()):
+        dist += cur
+        if level % 2 == 0:  # 6-neighbourhood: the minimum along each axis in turn
+            for axis in range(3):
+                pad = [0] * 6
+                pad[4 - 2 * axis], pad[5 - 2 * axis] = 1, 1
+                kernel = [1, 1, 1]
+                kernel[axis] = 3
+                cur = -F.max_pool3d(-F.pad(cur, pad), kernel, stride=1)
+        else:  # 26-neighbourhood
+            cur = -F.max_pool3d(-F.pad(cur, [1] * 6), 3, stride=1)
+        level += 1
+    n = regions.shape[0]
+    dist = dist.view(n, -1)
+    cands = dist >= (depth * dist.max(1, keepdim=True).values).clamp(min=1.0)
+    counts = cands.sum(1).tolist()
+    ks = torch.tensor([int(torch.randint(c, (1,), generator=generator)) + 1 for c in counts], device=regions.device)
+    flat = torch.argmax(((cands.to(torch.int32).cumsum(1, dtype=torch.int32) == ks.view(n, 1)) & cands).to(torch.uint8), 1)
+    d, h, w = regions.shape[1:]
+    return torch.stack([flat // (h * w), (flat // w) % h, flat % w], 1).float()
+
+
 def sample_first_clicks(
-    target: torch.Tensor, prob: float, generator: torch.Generator | None = None, depth: float = 0.5
+    target: torch.Tensor, prob: float, generator: torch.Generator | None = None, depth: float = 0.5,
+    batched: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first click of a training sample: with probability ``prob``, a positive click deep inside the
     largest tumour component (where a user starts), else none (label -1, the automatic mode).
@@ -59,6 +142,8 @@ def sample_first_clicks(
         prob: probability in [0, 1] that a sample with tumour starts from a click.
         generator: random generator (on CPU).
         depth: see :func:`interior_voxel`.
+        batched: pick the voxels with :func:`interior_voxels` on the target's device (default: on a GPU;
+            the CPU uses scipy's exact distance, one sample at a time).
 
     Returns:
         ``(B, 1, 3)`` voxel coordinates and ``(B, 1)`` labels (1 or -1).
@@ -68,6 +153,14 @@ def sample_first_clicks(
     b = target.shape[0]
     points = torch.zeros((b, 1, 3), dtype=torch.float32)
     labels = torch.full((b, 1), -1, dtype=torch.long)
+    if target.device.type != "cpu" if batched is None else batched:
+        t = target[:, 0] > 0.5
+        has = t.flatten(1).any(1).tolist()
+        rows = [i for i in range(b) if float(torch.rand((), generator=generator)) < prob and has[i]]
+        if rows:
+            points[rows, 0] = interior_voxels(t[rows], generator, depth).cpu()
+            labels[rows, 0] = 1
+        return points.to(target.device), labels.to(target.device)
     for i in range(b):
         draw = float(torch.rand((), generator=generator))
         t = target[i, 0] > 0.5
@@ -79,7 +172,7 @@ def sample_first_clicks(
 
 def sample_error_clicks(
     pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None, where: str = "uniform",
-    depth: float = 0.5,
+    depth: float = 0.5, batched: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One click per sample in the larger error region (training).
 
@@ -94,6 +187,8 @@ def sample_error_clicks(
             connected error component of either sign (:func:`interior_voxel`), as a user corrects the biggest
             mistake.
         depth: see :func:`interior_voxel` (``where="interior"`` only).
+        batched: ``where="interior"`` with :func:`largest_components` and :func:`interior_voxels` on the
+            tensors' device (default: on a GPU; the CPU uses scipy, one sample at a time).
 
     Returns:
         ``(B, 1, 3)`` voxel coordinates and ``(B, 1)`` labels (1, 0 or -1).
@@ -107,6 +202,16 @@ def sample_error_clicks(
     b = pred.shape[0]
     points = torch.zeros((b, 1, 3), dtype=torch.float32)
     labels = torch.full((b, 1), -1, dtype=torch.long)
+    if where == "interior" and (pred.device.type != "cpu" if batched is None else batched):
+        comps, sizes = largest_components(torch.cat([fn[:, 0], fp[:, 0]]))
+        n_fn, n_fp = sizes[:b].tolist(), sizes[b:].tolist()
+        rows = [i for i in range(b) if n_fn[i] or n_fp[i]]
+        if rows:
+            positive = torch.tensor([n_fn[i] >= n_fp[i] for i in rows], device=pred.device)
+            chosen = torch.where(positive.view(-1, 1, 1, 1), comps[rows], comps[[b + i for i in rows]])
+            points[rows, 0] = interior_voxels(chosen, generator, depth, largest=False).cpu()
+            labels[rows, 0] = positive.long().cpu()
+        return points.to(pred.device), labels.to(pred.device)
     for i in range(b):
         n_fn, n_fp = int(fn[i].sum()), int(fp[i].sum())
         if n_fn == 0 and n_fp == 0:
