@@ -555,6 +555,21 @@ def test_train_config_passes_monais_workflow_checks(dataset, tmp_path):
     assert any("init_process_group" in str(x) for x in p["train#run"]) and "trainer" in p["train"]
 
 
+def test_gpu_overlay_trains_at_128_in_bf16_with_loader_workers():
+    """bundle/configs/train_gpu.json over train.json: the paper's window, batch 4, bf16 autocast and a
+    loader that keeps a GPU busy; the rest of the recipe stays train.json's."""
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "train_gpu.json")])
+    assert p.get_parsed_content("roi_size") == [128, 128, 128] and p.get_parsed_content("batch_size") == 4
+    assert p.get_parsed_content("train#trainer#amp_kwargs") == {"dtype": torch.bfloat16}
+    assert p.get_parsed_content("model_config#roi_size") == [128, 128, 128]
+    loader = p["train#dataloader"]
+    assert p.get_parsed_content("num_workers") > 0 and loader["persistent_workers"] and loader["pin_memory"]
+    assert p["train#trainer"]["num_prompt_steps"] == "@num_prompt_steps" and p["num_prompt_steps"] == 5
+
+
 def test_train_batches_cases_that_carry_different_metadata(dataset, tmp_path):
     """Batch > 1 (the GPU overlay's 4): cases with and without ``target_classes``, of other patients and
     weights, collate into one batch (only image and label reach the trainer)."""
