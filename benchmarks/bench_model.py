@@ -4,10 +4,14 @@ Usage::
 
     python benchmarks/bench_model.py                 # CPU (and GPU when one is present)
     python benchmarks/bench_model.py --ct-volume     # also: whole 512x512x300 CT, time and peak RAM (CPU, minutes)
+    python benchmarks/bench_model.py --no-cpu --gpu-extra [--bf16-only] [--train-step --train-batch 4]
+        # GPU: bf16 windows at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4), torch.profiler
 
 Reference (authors' implementation, random weights): H100 35.9 ms per 128^3 window (fp32), encoder 21 ms,
-decoder per click 5 ms, critic 8 ms, 4.3 GiB; 2-core CPU: encoder 13.7 s per window, 1.8 s per click.
-Targets: >= 4x the GPU window throughput (<= 9.0 ms per window), <= 3 s per window and <= 0.5 s per click
+decoder per click 5 ms, critic 8 ms, 4.3 GiB; batch 4 bf16 23.6 ms per window; 512x512x256 volume 3.86 s;
+training step (batch 3, 5 prompt steps) 632 ms and 27.7 GiB; 2-core CPU: encoder 13.7 s per window, 1.8 s per click.
+Targets: >= 4x the GPU window throughput (<= 9.0 ms per window), <= 20 ms per click and <= 1 s for the
+512x512x256 volume on the GPU, <= 3 s per window and <= 0.5 s per click
 on the 2-core CPU, < 8 GiB peak RAM for a 512x512x300 CT.
 """
 
@@ -92,8 +96,12 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
     return res
 
 
-def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5, repeats: int = 3) -> dict:
-    """Time one min-max training iteration (batch 3, 5 prompt steps, 128^3 crops) and its peak memory."""
+def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5, repeats: int = 3,
+                     dtype: torch.dtype = torch.float16) -> dict:
+    """Time one min-max training iteration (``batch`` 128^3 crops, 5 prompt steps) and its peak memory.
+
+    On the GPU it runs under autocast with ``dtype`` (the train workflow's ``amp``/``amp_dtype``).
+    """
     from sat3d.engine import SAT3DTrainer
 
     torch.manual_seed(0)
@@ -105,7 +113,7 @@ def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5
         device=device, max_epochs=1, train_data_loader=loader, network=net,
         optimizer=torch.optim.AdamW(net.generator_parameters(), lr=8e-4, weight_decay=1e-5),
         critic_optimizer=torch.optim.AdamW(net.critic.parameters(), lr=2e-4), num_prompt_steps=prompt_steps,
-        amp=device.type == "cuda", decollate=False,
+        amp=device.type == "cuda", amp_kwargs={"dtype": dtype}, decollate=False,
     )
     times: list[float] = []
     start: list[float] = []
@@ -132,6 +140,58 @@ def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5
     return out
 
 
+def bench_gpu_throughput(device: torch.device, repeats: int, batches=(1, 2, 4, 8)) -> dict:
+    """bf16 time per 128^3 window (one click each) at several batch sizes, and the batch-4 encoder per window."""
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_base").to(device).eval()
+    res: dict = {}
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for b in batches:
+            x = torch.randn(b, 1, 128, 128, 128, device=device)
+            pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device).expand(b, 1, 3).contiguous()
+            lbl = torch.ones(b, 1, dtype=torch.long, device=device)
+            torch.cuda.reset_peak_memory_stats(device)
+            res[f"window_b{b}_ms"] = _time(lambda x=x, pts=pts, lbl=lbl: net(x, pts, lbl), device, repeats) / b
+            res[f"window_b{b}_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            if b == 4:
+                res["encoder_b4_ms"] = _time(lambda x=x: net.encode(x), device, repeats) / b
+    return res
+
+
+def bench_gpu_volume(device: torch.device, shape=(512, 512, 256), overlap: float = 0.5, sw_batch_size: int = 4,
+                     repeats: int = 2) -> dict:
+    """Automatic-mode sliding window over a whole volume on the GPU (bf16), as the benchmark of the authors."""
+    from sat3d.inferer import SAT3DInferer
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_base").to(device).eval()
+    image = torch.randn(1, 1, *shape, device=device)
+    inf = SAT3DInferer(roi_size=(128, 128, 128), overlap=overlap, sw_batch_size=sw_batch_size)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        sec = _time(lambda: inf(image, net), device, repeats) / 1000.0
+    return {"volume_s": sec, "volume_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+def profile_window(device: torch.device, batch: int = 4, rows: int = 15) -> str:
+    """torch.profiler table (CUDA time) of one bf16 forward of ``batch`` windows with one click each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = build_sat3d("sat3d_base").to(device).eval()
+    x = torch.randn(batch, 1, 128, 128, 128, device=device)
+    pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device).expand(batch, 1, 3).contiguous()
+    lbl = torch.ones(batch, 1, dtype=torch.long, device=device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(2):
+            net(x, pts, lbl)
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            net(x, pts, lbl)
+            _sync(device)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+
+
 def bench_ct_volume() -> dict:
     """Whole-volume inference of a 512x512x300 CT in a child process; wall time and peak RSS."""
     code = r"""
@@ -155,7 +215,7 @@ def _row(name: str, value: float | None, ref: float | None, target: float | None
     v = "n/a" if value is None else f"{value:10.1f} {unit}"
     r = "-" if ref is None else f"{ref:.1f} {unit}"
     t = "-" if target is None else f"{target:.1f} {unit}"
-    speed = "" if (value is None or ref is None or unit != "ms") else f"  ({ref / value:.1f}x reference)"
+    speed = "" if (value is None or ref is None or unit not in ("ms", "s")) else f"  ({ref / value:.1f}x reference)"
     ok = "" if (value is None or target is None) else ("  MEETS TARGET" if value <= target else "  misses target")
     return f"  {name:<22}{v:>16}   reference {r:<12} target {t:<12}{speed}{ok}"
 
@@ -167,6 +227,11 @@ def main() -> None:
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
     p.add_argument("--train-step", action="store_true",
                    help="also time a training iteration (batch 3, 5 prompt steps; on the CPU this takes minutes)")
+    p.add_argument("--train-batch", type=int, default=3, help="batch of the training-step timing (reference: 3)")
+    p.add_argument("--gpu-extra", action="store_true",
+                   help="GPU: bf16 window time at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4) "
+                        "and a torch.profiler table of one batch-4 forward")
+    p.add_argument("--bf16-only", action="store_true", help="GPU: skip the fp32 timings and the training step")
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.add_argument("--preset", default="sat3d_base", choices=["sat3d_base", "sat3d_paper"],
                    help="sat3d_paper: the authors' architecture and click protocol (for their converted weights)")
@@ -186,28 +251,47 @@ def main() -> None:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     for dev in devices:
-        res = bench_device(dev, args.repeats if dev.type == "cpu" else max(args.repeats, 20), preset=args.preset)
-        report[dev.type] = res
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
-        print(f"\n{name} (fp32, median of repeats):")
         ref, tgt = REF[dev.type], TARGET[dev.type]
-        for key, label in [("window_ms", "whole window"), ("encoder_ms", "encoder"),
+        res = {}
+        if not (dev.type == "cuda" and args.bf16_only):
+            res = bench_device(dev, args.repeats if dev.type == "cpu" else max(args.repeats, 20), preset=args.preset)
+            print(f"\n{name} (fp32, median of repeats):")
+        report[dev.type] = res
+        for key, label in [] if not res else [("window_ms", "whole window"), ("encoder_ms", "encoder"),
                            ("decoder_click_ms", "per click (dec+critic)"), ("decoder_only_ms", "decoder only"),
                            ("critic_ms", "critic")]:
             ref_key = "decoder_click_ms" if key == "decoder_only_ms" and dev.type == "cuda" else key
             print(_row(label, res[key], ref.get(ref_key), tgt.get(key), "ms"))
+        if dev.type == "cuda" and args.bf16_only:
+            print(f"\n{name} (bf16 only, median of repeats):")
         if "memory_gib" in res:
             print(_row("peak GPU memory", res["memory_gib"], ref["memory_gib"], None, "GiB"))
-        if args.train_step:
-            tr = bench_train_step(dev)
+        if args.train_step and not (dev.type == "cuda" and args.bf16_only):
+            tr = bench_train_step(dev, batch=args.train_batch, dtype=torch.bfloat16)
             res.update(tr)
-            print(_row("training step (b3, m5)", tr["train_step_ms"], 632.0 if dev.type == "cuda" else None, None, "ms"))
+            print(_row(f"training step (b{args.train_batch}, m5)", tr["train_step_ms"],
+                       632.0 if dev.type == "cuda" and args.train_batch == 3 else None, None, "ms"))
             if "train_memory_gib" in tr:
                 print(_row("training peak memory", tr["train_memory_gib"], 27.7, None, "GiB"))
         if dev.type == "cuda":
             bf16 = bench_device(dev, max(args.repeats, 20), torch.bfloat16, preset=args.preset)
             report["cuda_bf16"] = bf16
             print(_row("whole window (bf16)", bf16["window_ms"], ref["window_ms"], tgt["window_ms"], "ms"))
+            print(_row("per click (bf16)", bf16["decoder_click_ms"], ref["decoder_click_ms"], 20.0, "ms"))
+            if args.gpu_extra:
+                thr = bench_gpu_throughput(dev, max(args.repeats, 10))
+                report["cuda_bf16_batches"] = thr
+                for b in (1, 2, 4, 8):
+                    print(_row(f"window bf16, batch {b}", thr[f"window_b{b}_ms"], 23.6 if b == 4 else ref["window_ms"],
+                               tgt["window_ms"], "ms") + f"  peak {thr[f'window_b{b}_memory_gib']:.1f} GiB")
+                print(_row("encoder bf16, batch 4", thr["encoder_b4_ms"], ref["encoder_ms"], None, "ms"))
+                vol = bench_gpu_volume(dev)
+                report["cuda_volume_512x512x256"] = vol
+                print(_row("512x512x256 volume", vol["volume_s"], 3.86, 1.0, "s")
+                      + f"  peak {vol['volume_memory_gib']:.1f} GiB (overlap 0.5, bf16, sw batch 4)")
+                print("\ntorch.profiler, one bf16 forward of 4 windows with one click each (CUDA time):")
+                print(profile_window(dev))
     if args.ct_volume:
         ct = bench_ct_volume()
         report["ct_512x512x300"] = ct
