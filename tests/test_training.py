@@ -92,7 +92,7 @@ def test_interior_clicks_fall_deep_inside_the_largest_component():
 def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
     """The GPU's interior clicks (torch, batched; run here on the CPU): largest component, deep inside it,
     the user's sign choice; a scipy distance check of the picked voxels."""
-    from sat3d.click_simulation import interior_voxels, largest_components
+    from sat3d.click_simulation import border_distance, interior_voxels, largest_components
     from scipy import ndimage
 
     region = torch.zeros(24, 24, 24, dtype=torch.bool)
@@ -104,6 +104,16 @@ def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
     masks, sizes = largest_components(torch.stack([region, touching, torch.zeros_like(region)]))
     assert sizes.tolist() == [1331, 54, 0]
     assert torch.equal(masks[0], torch.from_numpy(ndimage.label(region.numpy())[0] == 1)) and not masks[2].any()
+    # octagonal distance: erosions alternate a cross and a cube.  An octahedron |x|+|y|+|z| <= 6 loses 1 to the
+    # cross and 3 to the cube (6 -> 5 -> 2 -> 1 -> gone): its centre survives 3 erosions, distance 4 (cubes
+    # only: 3); a 7^3 cube's centre is 4 either way; the volume's edge is border
+    zz, yy, xx = torch.meshgrid(*[torch.arange(15) - 7] * 3, indexing="ij")
+    octa = zz.abs() + yy.abs() + xx.abs() <= 6
+    cube = torch.zeros(15, 15, 15, dtype=torch.bool)
+    cube[4:11, 4:11, 4:11] = True
+    dist = border_distance(torch.stack([octa, cube, torch.ones_like(cube)]))
+    assert dist[0, 7, 7, 7] == 4 and dist[1, 7, 7, 7] == 4 and dist[1, 4, 7, 7] == 1 and dist[1, 3, 7, 7] == 0
+    assert dist[2, 0, 7, 7] == 1 and dist[2, 7, 7, 7] == 8
     g = torch.Generator().manual_seed(0)
     assert interior_voxels(region[None].expand(2, -1, -1, -1), g, depth=1.0).long().tolist() == [[7, 7, 7]] * 2
     pts = interior_voxels(region[None].expand(30, -1, -1, -1), g, depth=0.5).long()

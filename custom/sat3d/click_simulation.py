@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 __all__ = ["sample_error_clicks", "sample_first_clicks", "interior_voxel", "interior_voxels", "largest_components",
-           "next_click_volume"]
+           "border_distance", "next_click_volume"]
 
 #: where training draws a click in a region: any voxel, or the interior of its largest component
 CLICK_SAMPLING = ("uniform", "interior")
@@ -83,13 +83,39 @@ def largest_components(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return masks.view(regions.shape), sizes
 
 
+def border_distance(masks: torch.Tensor) -> torch.Tensor:
+    """Distance of each voxel of ``(N, D, H, W)`` boolean maps to their border, in voxels (0 outside).
+
+    The number of erosions a voxel survives plus one, alternating the 6-neighbourhood (a cross) and the
+    26-neighbourhood (a cube): an octagonal approximation of the Euclidean distance transform, in plain
+    tensor operations on the maps' device.  The volume's edge counts as border.
+    """
+    cur = masks.unsqueeze(1).float()
+    dist = torch.zeros_like(cur)
+    level = 0
+    while bool(cur.any()):
+        dist += cur
+        if level % 2 == 0:  # cross: a voxel stays if its 6 face neighbours are inside
+            axes = []
+            for axis in range(3):
+                pad = [0] * 6
+                pad[4 - 2 * axis], pad[5 - 2 * axis] = 1, 1
+                kernel = [1, 1, 1]
+                kernel[axis] = 3
+                axes.append(-F.max_pool3d(-F.pad(cur, pad), kernel, stride=1))
+            cur = torch.minimum(torch.minimum(axes[0], axes[1]), axes[2])
+        else:  # cube: all 26 neighbours
+            cur = -F.max_pool3d(-F.pad(cur, [1] * 6), 3, stride=1)
+        level += 1
+    return dist.squeeze(1)
+
+
 def interior_voxels(regions: torch.Tensor, generator: torch.Generator | None = None, depth: float = 0.5,
                     largest: bool = True) -> torch.Tensor:
     """:func:`interior_voxel` for a batch of maps on their device (the GPU's training clicks).
 
-    The distance to the border is the number of erosions a voxel survives, alternating the 6- and the
-    26-neighbourhood (an octagonal approximation of the Euclidean distance that :func:`interior_voxel`
-    computes with scipy on the CPU); the volume's edge counts as border.  Components are 26-connected.
+    The distance to the border is :func:`border_distance` (octagonal; :func:`interior_voxel` computes the
+    Euclidean one with scipy on the CPU).  Components are 26-connected.
 
     Args:
         regions: ``(N, D, H, W)`` boolean maps, each with at least one voxel.
@@ -105,23 +131,8 @@ def interior_voxels(regions: torch.Tensor, generator: torch.Generator | None = N
     if regions.ndim != 4 or not bool(regions.flatten(1).any(1).all()):
         raise ValueError("interior_voxels needs (N, D, H, W) maps, each with at least one voxel.")
     masks = largest_components(regions)[0] if largest else regions.bool()
-    cur = masks.unsqueeze(1).float()
-    dist = torch.zeros_like(cur)
-    level = 0
-    while bool(cur.any()):
-        dist += cur
-        if level % 2 == 0:  # 6-neighbourhood: the minimum along each axis in turn
-            for axis in range(3):
-                pad = [0] * 6
-                pad[4 - 2 * axis], pad[5 - 2 * axis] = 1, 1
-                kernel = [1, 1, 1]
-                kernel[axis] = 3
-                cur = -F.max_pool3d(-F.pad(cur, pad), kernel, stride=1)
-        else:  # 26-neighbourhood
-            cur = -F.max_pool3d(-F.pad(cur, [1] * 6), 3, stride=1)
-        level += 1
     n = regions.shape[0]
-    dist = dist.view(n, -1)
+    dist = border_distance(masks).view(n, -1)
     cands = dist >= (depth * dist.max(1, keepdim=True).values).clamp(min=1.0)
     counts = cands.sum(1).tolist()
     ks = torch.tensor([int(torch.randint(c, (1,), generator=generator)) + 1 for c in counts], device=regions.device)
