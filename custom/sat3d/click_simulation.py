@@ -50,11 +50,21 @@ def interior_voxel(region: torch.Tensor, generator: torch.Generator | None = Non
     return torch.as_tensor(idx[k], dtype=torch.float32)
 
 
-def largest_components(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The largest 26-connected component of each boolean map, on the maps' device (batched).
+def _face_max(x: torch.Tensor) -> torch.Tensor:
+    """Maximum over each voxel and its 6 face neighbours of ``(N, 1, D, H, W)``."""
+    out = x
+    for kernel, pad in (((3, 1, 1), (1, 0, 0)), ((1, 3, 1), (0, 1, 0)), ((1, 1, 3), (0, 0, 1))):
+        out = torch.maximum(out, F.max_pool3d(x, kernel, stride=1, padding=pad))
+    return out
 
-    Every voxel starts with its own index and takes the largest index among itself and its 26 neighbours
-    inside the map until nothing changes, so each component ends labelled by its largest voxel index.
+
+def largest_components(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest face-connected component of each boolean map, on the maps' device (batched).
+
+    Components are 6-connected, as scipy's default labelling that the CPU path and the evaluation's
+    simulated user use.  Every voxel starts with its own index and takes the largest index among itself
+    and its 6 face neighbours inside the map until nothing changes, so each component ends labelled by its
+    largest voxel index (one sweep per voxel of the longest path inside a component).
 
     Args:
         regions: ``(N, D, H, W)`` boolean maps.
@@ -70,7 +80,7 @@ def largest_components(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     inside = regions.unsqueeze(1).to(dtype)
     ids = torch.arange(1, numel + 1, device=regions.device, dtype=dtype).view(1, 1, *regions.shape[1:]) * inside
     for sweep in range(numel):
-        grown = F.max_pool3d(ids, 3, stride=1, padding=1) * inside
+        grown = _face_max(ids) * inside
         if sweep % 4 == 3 and torch.equal(grown, ids):
             break
         ids = grown
@@ -115,7 +125,8 @@ def interior_voxels(regions: torch.Tensor, generator: torch.Generator | None = N
     """:func:`interior_voxel` for a batch of maps on their device (the GPU's training clicks).
 
     The distance to the border is :func:`border_distance` (octagonal; :func:`interior_voxel` computes the
-    Euclidean one with scipy on the CPU).  Components are 26-connected.
+    Euclidean one with scipy on the CPU), so the same seed picks other voxels than on the CPU; so does the
+    order of the draws in :func:`sample_first_clicks`.  Components are face-connected, as on the CPU.
 
     Args:
         regions: ``(N, D, H, W)`` boolean maps, each with at least one voxel.
