@@ -100,10 +100,17 @@ def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
     region[18:21, 18:21, 18:21] = True  # 27 voxels
     touching = torch.zeros(24, 24, 24, dtype=torch.bool)
     touching[2:5, 2:5, 2:5] = True
-    touching[5:8, 5:8, 5:8] = True  # touches the first cube at one corner: 26-connected, one component
+    touching[5:9, 5:8, 5:8] = True  # touches the first cube at one corner only: two components, as scipy says
     masks, sizes = largest_components(torch.stack([region, touching, torch.zeros_like(region)]))
-    assert sizes.tolist() == [1331, 54, 0]
+    assert sizes.tolist() == [1331, 36, 0]
     assert torch.equal(masks[0], torch.from_numpy(ndimage.label(region.numpy())[0] == 1)) and not masks[2].any()
+    assert torch.equal(masks[1], torch.from_numpy(ndimage.label(touching.numpy())[0] == 2))
+    noisy = torch.rand(3, 20, 20, 20, generator=torch.Generator().manual_seed(3)) > 0.6  # many winding components
+    masks, sizes = largest_components(noisy)
+    for m, size, r in zip(masks, sizes.tolist(), noisy.numpy()):
+        lab, n = ndimage.label(r)
+        counts = np.bincount(lab.ravel())[1:]
+        assert size == counts.max() and torch.equal(m, torch.from_numpy(lab == 1 + counts.argmax()))
     # octagonal distance: erosions alternate a cross and a cube.  An octahedron |x|+|y|+|z| <= 6 loses 1 to the
     # cross and 3 to the cube (6 -> 5 -> 2 -> 1 -> gone): its centre survives 3 erosions, distance 4 (cubes
     # only: 3); a 7^3 cube's centre is 4 either way; the volume's edge is border
@@ -129,7 +136,12 @@ def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
     pred[0, 0, 12::2, ::2, ::2] = 1  # sample 0: 864 scattered false alarms: the user still clicks the miss
     pred[1, 0, 2:10, 2:10, 2:10] = 1
     pred[1, 0, 12:22, 12:22, 12:22] = 1  # sample 1: the miss is gone, one large false alarm: a negative click
+    diagonal = torch.zeros(1, 1, 24, 24, 24)  # a missed diagonal chain of 6 voxels (6 components of one
+    diagonal[0, 0, range(2, 8), range(2, 8), range(2, 8)] = 1  # voxel to the evaluation's face-connected user)
+    alarm = torch.zeros_like(diagonal)
+    alarm[0, 0, 15, 15, 10:13] = 1  # against a straight false alarm of 3: the user clicks the false alarm
     for batched in (False, True):
+        assert sample_error_clicks(alarm, diagonal, g, where="interior", batched=batched)[1].tolist() == [[0]]
         pts, lab = sample_error_clicks(pred, gt, g, where="interior", batched=batched)
         assert lab.tolist() == [[1], [0]], batched
         assert gt[0, 0][tuple(pts[0, 0].long().tolist())] == 1 and pred[1, 0][tuple(pts[1, 0].long().tolist())] == 1
@@ -580,20 +592,28 @@ def test_gpu_overlay_trains_at_128_in_bf16_with_loader_workers():
     assert p["train#trainer"]["num_prompt_steps"] == "@num_prompt_steps" and p["num_prompt_steps"] == 5
 
 
-def test_train_batches_cases_that_carry_different_metadata(dataset, tmp_path):
+def test_train_batches_cases_that_carry_different_metadata(dataset):
     """Batch > 1 (the GPU overlay's 4): cases with and without ``target_classes``, of other patients and
-    weights, collate into one batch (only image and label reach the trainer)."""
-    items = [{"image": "c0.nii.gz", "label": "c0_seg.nii.gz", "patient": "a", "modality": "CT"},
-             {"image": "c1.nii.gz", "label": "c1_seg.nii.gz", "target_classes": [2], "weight": 0.5}]
-    datalist = tmp_path / "datalist.json"
-    datalist.write_text(json.dumps({"training": items, "validation": items[:1]}))
-    out = tmp_path / "run"
-    res = subprocess.run(bundle_cmd("train", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(dataset),
-                                    "--datalist", str(datalist), "--output_dir", str(out), *TINY, "--batch_size", "2",
-                                    "--max_epochs", "1", "--epoch_length", "2", "--num_prompt_steps", "1",
-                                    "--val_interval", "5", "--target_labels", "[1,2]"),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and (out / "checkpoints" / "model.pt").is_file(), res.stderr[-3000:]
+    weights, collate into one batch in either order (only image and label leave the transforms)."""
+    from monai.bundle import ConfigParser
+    from monai.data import list_data_collate
+
+    items = [{"image": str(dataset / "c1.nii.gz"), "label": str(dataset / "c1_seg.nii.gz"), "target_classes": [2],
+              "weight": 0.5},
+             {"image": str(dataset / "c0.nii.gz"), "label": str(dataset / "c0_seg.nii.gz"), "patient": "a",
+              "modality": "CT"}]
+    p = ConfigParser()
+    p.read_config(str(BUNDLE / "configs" / "train.json"))
+    p["roi_size"], p["target_labels"] = [32, 32, 32], [1, 2]
+    transform = p.get_parsed_content("train#preprocessing")
+    out = []
+    for item in items:
+        x = transform(dict(item))
+        out.append(x[0] if isinstance(x, list) else x)
+    for pair in (out, out[::-1]):
+        batch = list_data_collate(pair)
+        assert set(batch) == {"image", "label"} and batch["image"].shape == (2, 1, 32, 32, 32)
+        assert batch["label"].shape == (2, 1, 32, 32, 32)
 
 
 def test_train_kill_resume_and_evaluate(dataset, tmp_path):
