@@ -270,7 +270,7 @@ def main() -> None:
         if args.train_step and not (dev.type == "cuda" and args.bf16_only):
             tr = bench_train_step(dev, batch=args.train_batch, dtype=torch.bfloat16)
             res.update(tr)
-            print(_row(f"training step (b{args.train_batch}, m5)", tr["train_step_ms"],
+            print(_row(f"train step b{args.train_batch} m5 bf16", tr["train_step_ms"],
                        632.0 if dev.type == "cuda" and args.train_batch == 3 else None, None, "ms"))
             if "train_memory_gib" in tr:
                 print(_row("training peak memory", tr["train_memory_gib"], 27.7, None, "GiB"))
