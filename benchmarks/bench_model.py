@@ -57,6 +57,13 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> float:
     return 1000.0 * times[len(times) // 2]  # median, ms
 
 
+def _clicked_windows(device: torch.device, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` random 128^3 windows with one positive click each: (image, points, labels)."""
+    x = torch.randn(batch, 1, 128, 128, 128, device=device)
+    pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device).expand(batch, 1, 3).contiguous()
+    return x, pts, torch.ones(batch, 1, dtype=torch.long, device=device)
+
+
 def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.float32, preset: str = "sat3d_base") -> dict:
     """Time one 128^3 window: encoder, decoder per click (cached embedding), critic and the whole window.
 
@@ -68,9 +75,7 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
     torch.manual_seed(0)
     net = build_sat3d(preset).to(device).eval()
     protocol = get_protocol("paper" if preset == "sat3d_paper" else "sat3d")
-    x = torch.randn(1, 1, 128, 128, 128, device=device)
-    pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device)
-    lbl = torch.tensor([[1]], device=device)
+    x, pts, lbl = _clicked_windows(device)
     prev = torch.rand(1, 1, 128, 128, 128, device=device)
     res = {}
     ac = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -147,9 +152,7 @@ def bench_gpu_throughput(device: torch.device, repeats: int, batches=(1, 2, 4, 8
     res: dict = {}
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         for b in batches:
-            x = torch.randn(b, 1, 128, 128, 128, device=device)
-            pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device).expand(b, 1, 3).contiguous()
-            lbl = torch.ones(b, 1, dtype=torch.long, device=device)
+            x, pts, lbl = _clicked_windows(device, b)
             torch.cuda.reset_peak_memory_stats(device)
             res[f"window_b{b}_ms"] = _time(lambda x=x, pts=pts, lbl=lbl: net(x, pts, lbl), device, repeats) / b
             res[f"window_b{b}_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -179,9 +182,7 @@ def profile_window(device: torch.device, batch: int = 4, rows: int = 15) -> str:
 
     torch.manual_seed(0)
     net = build_sat3d("sat3d_base").to(device).eval()
-    x = torch.randn(batch, 1, 128, 128, 128, device=device)
-    pts = torch.tensor([[[64.0, 60.0, 70.0]]], device=device).expand(batch, 1, 3).contiguous()
-    lbl = torch.ones(batch, 1, dtype=torch.long, device=device)
+    x, pts, lbl = _clicked_windows(device, batch)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         for _ in range(2):
             net(x, pts, lbl)
