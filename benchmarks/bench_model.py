@@ -6,6 +6,8 @@ Usage::
     python benchmarks/bench_model.py --ct-volume     # also: whole 512x512x300 CT, time and peak RAM (CPU, minutes)
     python benchmarks/bench_model.py --no-cpu --gpu-extra [--bf16-only] [--train-step --train-batch 4]
         # GPU: bf16 windows at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4), torch.profiler
+    python benchmarks/bench_model.py --no-cpu --train-step --train-batch 4 --interior-clicks
+        # GPU: the training step as the shipped recipe runs it (interior clicks, 5 targets per crop)
 
 Reference (authors' implementation, random weights): H100 35.9 ms per 128^3 window (fp32), encoder 21 ms,
 decoder per click 5 ms, critic 8 ms, 4.3 GiB; batch 4 bf16 23.6 ms per window; 512x512x256 volume 3.86 s;
@@ -102,10 +104,13 @@ def bench_device(device: torch.device, repeats: int, dtype: torch.dtype = torch.
 
 
 def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5, repeats: int = 3,
-                     dtype: torch.dtype = torch.float16) -> dict:
+                     dtype: torch.dtype = torch.float16, interior_clicks: bool = False) -> dict:
     """Time one min-max training iteration (``batch`` 128^3 crops, 5 prompt steps) and its peak memory.
 
-    On the GPU it runs under autocast with ``dtype`` (the train workflow's ``amp``/``amp_dtype``).
+    On the GPU it runs under autocast with ``dtype`` (the train workflow's ``amp``/``amp_dtype``).  With
+    ``interior_clicks`` the crops hold 5 lesion instances and the step uses the shipped recipe's
+    ``click_sampling="interior"``, ``targets_per_crop=5`` and ``first_click_prob=0.5`` (the paper's
+    protocol otherwise: one target, uniform error clicks).
     """
     from sat3d.engine import SAT3DTrainer
 
@@ -113,12 +118,18 @@ def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5
     net = build_sat3d("sat3d_base").to(device)
     lab = torch.zeros(batch, 1, 128, 128, 128)
     lab[:, :, 40:90, 40:90, 40:90] = 1
+    recipe = {}
+    if interior_clicks:
+        for k, c in enumerate((20, 100), start=2):  # four more instances of 10-20 voxels across
+            lab[:, :, c - 5:c + 5, c - 10:c + 10, 10:30] = k
+            lab[:, :, c - 10:c + 10, 10:30, c - 5:c + 5] = k + 2
+        recipe = {"click_sampling": "interior", "targets_per_crop": 5, "first_click_prob": 0.5}
     loader = [{"image": torch.randn(batch, 1, 128, 128, 128), "label": lab}] * (repeats + 1)
     trainer = SAT3DTrainer(
         device=device, max_epochs=1, train_data_loader=loader, network=net,
         optimizer=torch.optim.AdamW(net.generator_parameters(), lr=8e-4, weight_decay=1e-5),
         critic_optimizer=torch.optim.AdamW(net.critic.parameters(), lr=2e-4), num_prompt_steps=prompt_steps,
-        amp=device.type == "cuda", amp_kwargs={"dtype": dtype}, decollate=False,
+        amp=device.type == "cuda", amp_kwargs={"dtype": dtype}, decollate=False, **recipe,
     )
     times: list[float] = []
     start: list[float] = []
@@ -229,6 +240,8 @@ def main() -> None:
     p.add_argument("--train-step", action="store_true",
                    help="also time a training iteration (batch 3, 5 prompt steps; on the CPU this takes minutes)")
     p.add_argument("--train-batch", type=int, default=3, help="batch of the training-step timing (reference: 3)")
+    p.add_argument("--interior-clicks", action="store_true",
+                   help="training step with the shipped recipe's interior clicks and 5 targets per crop")
     p.add_argument("--gpu-extra", action="store_true",
                    help="GPU: bf16 window time at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4) "
                         "and a torch.profiler table of one batch-4 forward")
@@ -269,9 +282,10 @@ def main() -> None:
         if "memory_gib" in res:
             print(_row("peak GPU memory", res["memory_gib"], ref["memory_gib"], None, "GiB"))
         if args.train_step and not (dev.type == "cuda" and args.bf16_only):
-            tr = bench_train_step(dev, batch=args.train_batch, dtype=torch.bfloat16)
+            tr = bench_train_step(dev, batch=args.train_batch, dtype=torch.bfloat16, interior_clicks=args.interior_clicks)
             res.update(tr)
-            print(_row(f"train step b{args.train_batch} m5 bf16", tr["train_step_ms"],
+            recipe = " interior x5" if args.interior_clicks else ""
+            print(_row(f"train step b{args.train_batch} m5 bf16{recipe}", tr["train_step_ms"],
                        632.0 if dev.type == "cuda" and args.train_batch == 3 else None, None, "ms"))
             if "train_memory_gib" in tr:
                 print(_row("training peak memory", tr["train_memory_gib"], 27.7, None, "GiB"))

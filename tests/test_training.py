@@ -89,6 +89,28 @@ def test_interior_clicks_fall_deep_inside_the_largest_component():
     assert lab.tolist() == [[0]]  # the paper's rule: the larger error region
 
 
+def test_largest_components_label_a_winding_component_in_few_sweeps(monkeypatch):
+    """A serpentine of 880 voxels: plain neighbour propagation needs one sweep per voxel of its path;
+    hooking and pointer jumping (the GPU's training clicks at 128^3) need a handful.  Same answer as scipy."""
+    import sat3d.click_simulation as cs
+    from scipy import ndimage
+
+    snake = torch.zeros(3, 41, 41, dtype=torch.bool)
+    snake[1, ::2, :] = True  # 21 rows of 41 voxels ...
+    for row in range(0, 40, 2):
+        snake[1, row + 1, 40 if row % 4 == 0 else 0] = True  # ... joined at alternating ends: one path
+    snake[1, 10, 20] = False  # cut: two components of 230 and 650 voxels
+    calls = []
+    face_max = cs._face_max
+    monkeypatch.setattr(cs, "_face_max", lambda x: calls.append(1) or face_max(x))
+    masks, sizes = cs.largest_components(torch.stack([snake, snake.flip(2)]))
+    lab, _ = ndimage.label(snake.numpy())
+    big = int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+    assert sizes.tolist() == [650, 650] and torch.equal(masks[0], torch.from_numpy(lab == big))
+    assert torch.equal(masks[1], masks[0].flip(2))
+    assert len(calls) <= 20, f"{len(calls)} sweeps for a path of 650 voxels"
+
+
 def test_batched_interior_clicks_follow_the_same_rule_on_the_tensors_device():
     """The GPU's interior clicks (torch, batched; run here on the CPU): largest component, deep inside it,
     the user's sign choice; a scipy distance check of the picked voxels."""
