@@ -205,13 +205,16 @@ class FolderInference:
             probe = tempfile.NamedTemporaryFile(dir=existing, prefix=".sat3d-write-test.", suffix=".tmp")
             probe.close()
         except OSError as e:
-            raise ValueError(f"output folder {self.output_dir} is not writable: {e.strerror or e}.") from None
+            raise self._not_writable(e) from None
 
     def _make_output_dir(self) -> None:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"output folder {self.output_dir} is not writable: {e.strerror or e}.") from None
+            raise self._not_writable(e) from None
+
+    def _not_writable(self, error: OSError) -> ValueError:
+        return ValueError(f"output folder {self.output_dir} is not writable: {error.strerror or error}.")
 
     def run(self) -> list[dict[str, Any]]:
         """Process the whole folder; returns the result rows (also written as JSON and CSV).
