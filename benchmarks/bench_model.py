@@ -7,7 +7,7 @@ Usage::
     python benchmarks/bench_model.py --no-cpu --gpu-extra [--bf16-only] [--train-step --train-batch 4]
         # GPU: bf16 windows at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4), torch.profiler
     python benchmarks/bench_model.py --no-cpu --train-step --train-batch 4 --interior-clicks
-        # GPU: the training step as the shipped recipe runs it (interior clicks, 5 targets per crop)
+        # GPU: the training step as the experimental weights' recipe runs it (sat3d_geodesic, interior clicks, 5 targets)
 
 Reference (authors' implementation, random weights): H100 35.9 ms per 128^3 window (fp32), encoder 21 ms,
 decoder per click 5 ms, critic 8 ms, 4.3 GiB; batch 4 bf16 23.6 ms per window; 512x512x256 volume 3.86 s;
@@ -108,14 +108,15 @@ def bench_train_step(device: torch.device, batch: int = 3, prompt_steps: int = 5
     """Time one min-max training iteration (``batch`` 128^3 crops, 5 prompt steps) and its peak memory.
 
     On the GPU it runs under autocast with ``dtype`` (the train workflow's ``amp``/``amp_dtype``).  With
-    ``interior_clicks`` the crops hold 5 lesion instances and the step uses the shipped recipe's
-    ``click_sampling="interior"``, ``targets_per_crop=5`` and ``first_click_prob=0.5`` (the paper's
-    protocol otherwise: one target, uniform error clicks).
+    ``interior_clicks`` the crops hold 5 lesion instances and the step runs as the experimental weights were
+    trained: preset ``sat3d_geodesic`` (geodesic click maps), ``click_sampling="interior"``,
+    ``targets_per_crop=5`` and ``first_click_prob=0.5`` (otherwise ``sat3d_base`` and the paper's protocol:
+    one target, uniform error clicks).
     """
     from sat3d.engine import SAT3DTrainer
 
     torch.manual_seed(0)
-    net = build_sat3d("sat3d_base").to(device)
+    net = build_sat3d("sat3d_geodesic" if interior_clicks else "sat3d_base").to(device)
     lab = torch.zeros(batch, 1, 128, 128, 128)
     lab[:, :, 40:90, 40:90, 40:90] = 1
     recipe = {}
@@ -241,7 +242,7 @@ def main() -> None:
                    help="also time a training iteration (batch 3, 5 prompt steps; on the CPU this takes minutes)")
     p.add_argument("--train-batch", type=int, default=3, help="batch of the training-step timing (reference: 3)")
     p.add_argument("--interior-clicks", action="store_true",
-                   help="training step with the shipped recipe's interior clicks and 5 targets per crop")
+                   help="training step as the experimental weights were trained (sat3d_geodesic, interior clicks, 5 targets per crop)")
     p.add_argument("--gpu-extra", action="store_true",
                    help="GPU: bf16 window time at batch 1/2/4/8, a 512x512x256 volume (overlap 0.5, sw batch 4) "
                         "and a torch.profiler table of one batch-4 forward")
@@ -284,7 +285,7 @@ def main() -> None:
         if args.train_step and not (dev.type == "cuda" and args.bf16_only):
             tr = bench_train_step(dev, batch=args.train_batch, dtype=torch.bfloat16, interior_clicks=args.interior_clicks)
             res.update(tr)
-            recipe = " interior x5" if args.interior_clicks else ""
+            recipe = " geodesic, interior x5" if args.interior_clicks else ""
             print(_row(f"train step b{args.train_batch} m5 bf16{recipe}", tr["train_step_ms"],
                        632.0 if dev.type == "cuda" and args.train_batch == 3 else None, None, "ms"))
             if "train_memory_gib" in tr:
