@@ -638,6 +638,43 @@ def test_train_batches_cases_that_carry_different_metadata(dataset):
         assert batch["label"].shape == (2, 1, 32, 32, 32)
 
 
+@pytest.mark.parametrize("make_saver", ["sat3d", "monai"])
+def test_a_save_cut_short_leaves_the_previous_best_checkpoint_whole(tmp_path, monkeypatch, make_saver):
+    """Catches in-place checkpoint writes: a save that dies half-way (a kill) must leave the last complete
+    checkpoint_best_loss.pt, not a truncated file or none.  MONAI's own saver is the counter-example."""
+    from ignite.engine import Engine, Events
+    from monai.handlers import CheckpointSaver
+    from sat3d.handlers import atomic_checkpoint_saver, checkpoint_file
+
+    net = torch.nn.Linear(2, 1)
+    make = atomic_checkpoint_saver if make_saver == "sat3d" else CheckpointSaver
+    saver = make(save_dir=str(tmp_path), save_dict={"network": net}, save_key_metric=True, key_metric_name="loss",
+                 key_metric_negative_sign=True, key_metric_filename="checkpoint_best_loss.pt")
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(loss=1.0 / e.state.epoch))
+    saver.attach(engine)
+    engine.run([0], max_epochs=2)
+    best = tmp_path / "checkpoint_best_loss.pt"
+    good = torch.load(best, weights_only=False)["weight"].clone()  # one object: saved as its state dict
+    save = torch.save
+
+    def killed(obj, f, *args, **kwargs):
+        with (open(f, "wb") if isinstance(f, (str, os.PathLike)) else f) as out:
+            out.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=3)  # epoch 3: a new best, whose save dies
+    monkeypatch.setattr(torch, "save", save)
+    if make_saver == "monai":
+        assert not best.is_file() or checkpoint_file(best) is None  # what the kill leaves with MONAI's saver
+        return
+    assert checkpoint_file(best) == str(best) and torch.equal(torch.load(best, weights_only=False)["weight"], good)
+
+
 def test_train_kill_resume_and_evaluate(dataset, tmp_path):
     cfg = str(BUNDLE / "configs" / "train.json")
     out = tmp_path / "run"

@@ -3,8 +3,8 @@ files, the start of a run (fine-tuning from a weights file, or a note on the res
 export of ``model.pt`` in the weights format of :mod:`sat3d.weights`.
 
 Saving and resuming the training state is MONAI's ``CheckpointSaver`` / ``CheckpointLoader`` (Ignite's
-``Checkpoint``); :func:`latest_checkpoint` finds the file to resume from and :func:`checkpoint_objects` lists
-what goes into it.
+``Checkpoint``), the saver made atomic by :func:`atomic_checkpoint_saver`; :func:`latest_checkpoint` finds the
+file to resume from and :func:`checkpoint_objects` lists what goes into it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-__all__ = ["ProgressLogger", "TrainingStart", "ExportWeights", "latest_checkpoint", "checkpoint_file", "checkpoint_objects"]
+__all__ = ["ProgressLogger", "TrainingStart", "ExportWeights", "atomic_checkpoint_saver", "latest_checkpoint", "checkpoint_file",
+           "checkpoint_objects"]
 
 logger = logging.getLogger("sat3d.train")
 
@@ -64,6 +65,29 @@ def checkpoint_file(path: str | Path | None) -> str | None:
         logger.warning("%s is incomplete (interrupted while saving); skipping it.", path)
         return None
     return str(path)
+
+
+def atomic_checkpoint_saver(*args: Any, **kwargs: Any) -> Any:
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are written whole or not at all.
+
+    MONAI writes checkpoints in place (Ignite's ``DiskSaver(atomic=False)``, for the files' group/other read
+    permission, which Ignite's atomic save now sets too), and a file of fixed name (``checkpoint_best_loss.pt``,
+    rewritten at every new best) is deleted before its successor is written: a kill in between leaves a
+    truncated file or none in place of the last good one.  Here every file is written to a temporary file in
+    the same folder and renamed over the old one, which a fixed name no longer deletes first.
+    """
+    from monai.handlers import CheckpointSaver
+
+    saver = CheckpointSaver(*args, **kwargs)
+    for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+        checkpoint = getattr(saver, name, None)
+        if checkpoint is not None:
+            if not hasattr(checkpoint.save_handler, "_atomic"):
+                raise RuntimeError("this MONAI/Ignite version's CheckpointSaver cannot be made atomic.")
+            checkpoint.save_handler._atomic = True
+            if getattr(checkpoint.save_handler, "filename", None) is not None:  # the rename replaces it
+                checkpoint.save_handler.remove = lambda filename: None
+    return saver
 
 
 def checkpoint_objects(trainer: Any = None, **objects: Any) -> dict[str, Any]:
