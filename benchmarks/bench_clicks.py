@@ -15,21 +15,10 @@ distance.  Reference, same maps: plain neighbour propagation (the code before th
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_model import _time
 from sat3d import click_simulation as cs
-
-
-def _time(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -54,8 +43,8 @@ def main() -> None:
         masks, sizes = cs.largest_components(regions)
     finally:
         cs._face_max = face_max
-    comp_ms = _time(lambda: cs.largest_components(regions), device, args.repeats)
-    dist_ms = _time(lambda: cs.border_distance(masks), device, args.repeats)
+    comp_ms = _time(lambda: cs.largest_components(regions), device, args.repeats, warmup=0)
+    dist_ms = _time(lambda: cs.border_distance(masks), device, args.repeats, warmup=0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.maps} maps of {args.size}^3 on {name}; largest components {sizes.min()}-{sizes.max()} voxels")
     print(f"largest components: {comp_ms:10.1f} ms  ({sweeps[0]} sweeps)")

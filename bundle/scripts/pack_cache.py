@@ -29,12 +29,12 @@ import argparse
 import io
 import json
 import lzma
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from sat3d.atomic import atomic_path
 
 
 def _hash(item: dict) -> str:
@@ -59,7 +59,6 @@ def _crop(label: np.ndarray, margin: int, min_size: int) -> tuple[slice, ...]:
 def pack(dataset_dir: str, datalist: str, cache_dir: str, output: str, key: str = "training", margin: int = 48, min_size: int = 128,
          clip: float = 5.0, skip_datasets: tuple[str, ...] = ()) -> int:
     """Write the cached cases of ``datalist[key]`` to ``output``; returns the number packed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "custom"))
     from sat3d.data import load_datalist
 
     items = load_datalist(dataset_dir, datalist, key=key, check=False)  # the entries as the train workflow hashes them
@@ -95,9 +94,8 @@ def pack(dataset_dir: str, datalist: str, cache_dir: str, output: str, key: str 
     arrays["index"] = np.frombuffer(json.dumps({"clip": clip, "entries": entries}).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = Path(f"{output}.tmp")
-    tmp.write_bytes(lzma.compress(buf.getvalue(), preset=6))
-    os.replace(tmp, output)
+    with atomic_path(output, overwrite=True) as tmp:
+        tmp.write_bytes(lzma.compress(buf.getvalue(), preset=6))
     print(f"packed {len(entries)} cases into {output} ({Path(output).stat().st_size / 1e6:.1f} MB)")
     return len(entries)
 
@@ -107,14 +105,12 @@ def unpack(archive: str, cache_dir: str) -> int:
     data = np.load(io.BytesIO(lzma.decompress(Path(archive).read_bytes())))
     index = json.loads(data["index"].tobytes().decode())
     clip = float(index["clip"])
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     for k, entry in enumerate(index["entries"]):
         image = data[f"image{k}"].astype(np.float32) * np.float32(2 * clip / 255.0) - np.float32(clip)
         cached = {"image": torch.from_numpy(image)[None], "label": torch.from_numpy(data[f"label{k}"].astype(np.float32))[None],
                   **entry["rest"]}
-        tmp = Path(cache_dir) / f"{entry['name']}.pt.tmp"
-        torch.save(cached, tmp)
-        os.replace(tmp, Path(cache_dir) / f"{entry['name']}.pt")
+        with atomic_path(Path(cache_dir) / f"{entry['name']}.pt", overwrite=True) as tmp:
+            torch.save(cached, tmp)
     print(f"unpacked {len(index['entries'])} cases into {cache_dir}")
     return len(index["entries"])
 
