@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from .constants import CONFIDENCE_THRESHOLD
-from .modeling import SAT3D, Critic3D, MaskDecoder3D, PromptEncoder3D, SwinImageEncoder3D
+from .modeling import SAT3D, AutoHead3D, Critic3D, MaskDecoder3D, PromptEncoder3D, SwinImageEncoder3D
 
 __all__ = ["PRESETS", "PRESET_BASES", "build_sat3d"]
 
@@ -44,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: preset -> (preset whose weights it can start from, prefix of the parameters it adds).  The added parameters
 #: keep their initialisation, which makes the grown network compute what the smaller one computed.
 PRESET_BASES: dict[str, tuple[str, str]] = {"sat3d_detail": ("sat3d_base", "mask_decoder.detail."),
-                                            "sat3d_geodesic": ("sat3d_detail", "mask_decoder.click_detail.")}
+                                            "sat3d_geodesic": ("sat3d_detail", "mask_decoder.click_detail."),
+                                            "sat3d_auto": ("sat3d_geodesic", "auto_head.")}
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -67,6 +68,13 @@ PRESETS["sat3d_detail"] = _merge(PRESETS["sat3d_base"], {"decoder": {"detail_cha
 PRESETS["sat3d_geodesic"] = _merge(PRESETS["sat3d_detail"], {"decoder": {
     "click_detail_channels": (8, 16, 32),
     "geodesic": {"gamma": 20.0, "scale": 4.0, "pool": 2, "iterations": 24},
+}})
+
+# sat3d_geodesic plus a conv head for the automatic mode only (see sat3d.modeling.auto_head): the clicks never
+# pass through it.  Not in the paper.  Zero-initialised outputs: it starts as an exact copy of sat3d_geodesic
+# and is trained from its weights with everything else frozen (train.json's ``trainable``).
+PRESETS["sat3d_auto"] = _merge(PRESETS["sat3d_geodesic"], {"auto_head": {
+    "image_channels": (16, 32), "embed_channels": 64, "channels": 64, "dilations": (1, 2, 4),
 }})
 
 
@@ -107,4 +115,6 @@ def build_sat3d(
     prompt = PromptEncoder3D(embed_dim=encoder.out_channels, embedding_size=grid, input_size=roi, **cfg.get("prompt", {}))
     decoder = MaskDecoder3D(embed_dim=encoder.out_channels, in_channels=in_channels, **cfg["decoder"])
     critic = Critic3D(in_channels=in_channels, **cfg["critic"])
-    return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold, forward_output=forward_output)
+    auto = None if cfg.get("auto_head") is None else AutoHead3D(in_channels, encoder.out_channels, **cfg["auto_head"])
+    return SAT3D(encoder, prompt, decoder, critic, confidence_threshold=confidence_threshold, forward_output=forward_output,
+                 auto_head=auto)

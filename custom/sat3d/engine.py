@@ -244,6 +244,9 @@ class SAT3DTrainer(SupervisedTrainer):
         net = engine.network
         zero, step = self._steps(engine)
         net.train()
+        for part in net.children():  # parts left out of training (set_trainable) run as at inference
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
         if zero:
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
             engine.critic_optimizer.zero_grad(set_to_none=True)
@@ -288,16 +291,19 @@ class SAT3DTrainer(SupervisedTrainer):
         engine.state.output = {Keys.IMAGE: crops, Keys.LABEL: targets, Keys.PRED: logits.detach(), Keys.LOSS: total}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        self._backward_step(total, engine.optimizer, engine.scaler if engine.amp else None, net.generator_parameters(), step)
+        self._backward_step(total, engine.optimizer, engine.scaler if engine.amp else None,
+                            [p for p in net.generator_parameters() if p.requires_grad], step)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = total.detach()
+        engine.state.output.update({f"loss_{k}": v for k, v in terms.items()})
+        if not any(p.requires_grad for p in net.critic.parameters()):  # a frozen critic (set_trainable) gets no step
+            return engine.state.output
         with autocast:
             real = net.critic.forward_logits(crops, targets)
             fake = net.critic.forward_logits(crops, prev_mask)
             c_loss = engine.critic_loss(real.float(), fake.float())
         self._backward_step(c_loss, engine.critic_optimizer, engine.critic_scaler, list(net.critic.parameters()), step)
-        engine.state.output[Keys.LOSS] = total.detach()
         engine.state.output["critic_loss"] = c_loss.detach()
-        engine.state.output.update({f"loss_{k}": v for k, v in terms.items()})
         return engine.state.output
 
 
