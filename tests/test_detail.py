@@ -67,5 +67,5 @@ def test_lr_multipliers_make_groups_over_every_generator_parameter():
     fast = next(g for g in groups if g["lr"] == pytest.approx(1e-2))
     assert {id(p) for p in fast["params"]} == {id(p) for p in net.mask_decoder.detail.parameters()}
     assert len(net.generator_param_groups(1e-3)) == 1
-    with pytest.raises(ValueError, match="names no generator parameter"):
+    with pytest.raises(ValueError, match="names no trainable generator parameter"):
         net.generator_param_groups(1e-3, {"decoder.typo": 2})
