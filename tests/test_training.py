@@ -491,6 +491,21 @@ def test_loss_directions():
     assert cl(hi, lo) < cl(lo, hi) and cl(hi, lo) < 0.01
 
 
+def test_batch_dice_penalises_false_alarms_in_an_empty_crop():
+    """Per sample (the paper's Dice), an empty crop costs a Dice loss of about 1 whatever is predicted in it, so a
+    small and a large false alarm cost about the same; with ``batch_dice`` the large one costs more."""
+    target = torch.zeros(2, 1, 16, 16, 16)
+    target[0, :, 4:12, 4:12, 4:12] = 1  # crop 0 holds a lesion (predicted exactly), crop 1 is empty
+    seg = {}
+    for size in (2, 8):
+        logits = torch.where(target > 0, 20.0, -20.0)
+        logits[1, :, :size, :size, :size] = 20.0  # a false alarm of size^3 voxels in the empty crop
+        for batch in (False, True):
+            seg[size, batch] = float(GeneratorLoss(batch_dice=batch).seg.dice(logits, target))  # the Dice part
+    assert abs(seg[8, False] - seg[2, False]) < 0.01
+    assert seg[8, True] > seg[2, True] + 0.2 and seg[2, True] < 0.1
+
+
 def test_iou_head_target_is_the_true_iou():
     """The IoU head is trained towards the IoU of the thresholded prediction with the truth."""
     target = torch.zeros(1, 1, 4, 4, 4)

@@ -48,16 +48,20 @@ class GeneratorLoss(nn.Module):
         threshold: confidence below which a voxel is uncertain (T).
         lambda_iou: weight of the IoU-head MSE (used when the IoU prediction is passed).
         mask_threshold: probability threshold of the mask whose IoU is predicted.
+        batch_dice: compute the Dice term over the whole batch (nnU-Net's batch Dice) instead of per sample (the
+            paper).  Per sample, a crop whose target is empty scores a Dice loss of about 1 whatever is predicted
+            in it (MONAI's smoothing terms are 1e-5), so false alarms in empty crops are penalised by the CE term
+            alone; over the batch they lower the Dice of the batch.
     """
 
     def __init__(self, lambda_adv: float = 0.01, lambda_unc: float = 0.1, threshold: float = CONFIDENCE_THRESHOLD,
-                 lambda_iou: float = 1.0, mask_threshold: float = MASK_THRESHOLD) -> None:
+                 lambda_iou: float = 1.0, mask_threshold: float = MASK_THRESHOLD, batch_dice: bool = False) -> None:
         super().__init__()
         if lambda_adv < 0 or lambda_unc < 0 or lambda_iou < 0:
             raise ValueError(
                 f"loss weights must be >= 0, got lambda_adv={lambda_adv}, lambda_unc={lambda_unc}, lambda_iou={lambda_iou}."
             )
-        self.seg = DiceCELoss(sigmoid=True)
+        self.seg = DiceCELoss(sigmoid=True, batch=bool(batch_dice))
         self.lambda_adv = float(lambda_adv)
         self.lambda_unc = float(lambda_unc)
         self.lambda_iou = float(lambda_iou)
