@@ -75,7 +75,8 @@ class SAT3D(nn.Module):
 
     @property
     def needs_image(self) -> bool:
-        """Whether :meth:`decode` needs the crop besides its embedding (decoder with a detail branch)."""
+        """Whether :meth:`decode` needs the crop besides its embedding (a decoder with a detail branch, or an
+        automatic head)."""
         return getattr(self.mask_decoder, "detail", None) is not None or self.auto_head is not None
 
     def set_trainable(self, prefixes=None) -> "SAT3D":
