@@ -18,14 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import channel_norm
+from .common import conv_block
 
 __all__ = ["AutoHead3D"]
-
-
-def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
-                         channel_norm("group", cout), nn.GELU())
 
 
 class AutoHead3D(nn.Module):
@@ -52,10 +47,10 @@ class AutoHead3D(nn.Module):
             raise ValueError(f"image_channels needs 2 widths and dilations at least one, got {list(image_channels)} "
                              f"and {list(dilations)}.")
         c0, c1 = (int(c) for c in image_channels)
-        self.image = nn.Sequential(_conv(in_channels, c0, stride=2), _conv(c0, c1, stride=2))
+        self.image = nn.Sequential(conv_block(in_channels, c0, stride=2), conv_block(c0, c1, stride=2))
         self.embed = nn.Conv3d(embed_dim, int(embed_channels), 1)
         widths = [c1 + int(embed_channels) + 1] + [int(channels)] * len(dilations)
-        self.body = nn.Sequential(*[_conv(widths[i], widths[i + 1], dilation=int(d)) for i, d in enumerate(dilations)])
+        self.body = nn.Sequential(*[conv_block(widths[i], widths[i + 1], dilation=int(d)) for i, d in enumerate(dilations)])
         self.out = nn.Conv3d(int(channels), 1, 1)
         self.iou = nn.Linear(int(channels), 1)
         for layer in (self.out, self.iou):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LayerNorm3d", "channel_norm"]
+__all__ = ["LayerNorm3d", "channel_norm", "conv_block"]
 
 
 class LayerNorm3d(nn.Module):
@@ -38,3 +38,9 @@ def channel_norm(kind: str, channels: int) -> nn.Module:
     if kind == "layer":
         return LayerNorm3d(channels)
     raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'layer'.")
+
+
+def conv_block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """3x3x3 convolution (padding keeps the size, divided by ``stride``), one-group GroupNorm and GELU."""
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
+                         channel_norm("group", cout), nn.GELU())

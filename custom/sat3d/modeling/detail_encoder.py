@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import channel_norm
+from .common import conv_block
 
 __all__ = ["DetailEncoder3D"]
 
@@ -41,12 +41,9 @@ class DetailEncoder3D(nn.Module):
             raise ValueError(f"channels needs 3 widths and out_channels 2, got {list(channels)} and {list(out_channels)}.")
         c0, c1, c2 = (int(c) for c in channels)
 
-        def down(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=2, padding=1), channel_norm("group", cout), nn.GELU())
-
-        self.down2 = down(in_channels, c0)
-        self.down4 = down(c0, c1)
-        self.down8 = down(c1, c2)
+        self.down2 = conv_block(in_channels, c0, stride=2)
+        self.down4 = conv_block(c0, c1, stride=2)
+        self.down8 = conv_block(c1, c2, stride=2)
         self.proj8 = nn.Conv3d(c2, int(out_channels[0]), 1)
         self.proj4 = nn.Conv3d(c1, int(out_channels[1]), 1)
         for proj in (self.proj8, self.proj4):
