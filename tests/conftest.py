@@ -34,6 +34,32 @@ def demo_data_module():
     return mod
 
 
+def grow_from_base_weights(tmp_path: Path, base_preset: str, preset: str, roi: int = 32):
+    """Save the weights of a ``base_preset`` network and load them into a ``preset`` network built on it
+    (``sat3d.build.PRESET_BASES``), checking first that loading them without ``grow`` is refused (inference never
+    silently runs a half-trained network).
+
+    Returns:
+        the base network, the grown network, its added parameters as they were before loading (name -> tensor),
+        and the settings it was loaded with.
+    """
+    from sat3d import build_sat3d
+    from sat3d.build import PRESET_BASES
+    from sat3d.weights import load_weights, save_weights
+
+    torch.manual_seed(0)
+    size = {"roi_size": (roi,) * 3}
+    base = build_sat3d(base_preset, overrides=size)
+    path = save_weights(base, tmp_path / f"{base_preset}.pt", {"preset": base_preset, "roi_size": [roi] * 3})
+    grown = build_sat3d(preset, overrides=size)
+    expect = {"preset": preset, "roi_size": [roi] * 3}
+    with pytest.raises(ValueError, match=rf'preset "{preset}" \(weights: "{base_preset}"\)'):
+        load_weights(grown, path, expect=expect)
+    added = {k: v.clone() for k, v in grown.state_dict().items() if k.startswith(PRESET_BASES[preset][1])}
+    load_weights(grown, path, expect=expect, grow=True)
+    return base, grown, added, expect
+
+
 def make_sphere_volume(shape=(40, 36, 44), centre=None, radius=7.0, seed=0, spacing=(1.5, 1.2, 2.0)):
     """A noisy image with a bright sphere and its label; returns (image, label, affine)."""
     rng = np.random.default_rng(seed)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import grow_from_base_weights
 from ignite.engine import Events
 from sat3d import build_sat3d
 from sat3d.engine import SAT3DTrainer
 from sat3d.session import InteractiveSession
-from sat3d.weights import load_weights, save_weights
+from sat3d.weights import save_weights
 
 AUTO = {"auto_head": {"image_channels": (4, 8), "embed_channels": 8, "channels": 8, "dilations": (1, 2)}}
 
@@ -80,15 +81,7 @@ def test_session_uses_the_head_for_the_automatic_result_and_not_for_clicks():
 
 
 def test_auto_weights_grow_from_geodesic_weights(tmp_path):
-    torch.manual_seed(0)
-    roi = {"roi_size": (32, 32, 32)}
-    geo = build_sat3d("sat3d_geodesic", overrides=roi)
-    path = save_weights(geo, tmp_path / "geo.pt", {"preset": "sat3d_geodesic", "roi_size": [32, 32, 32]})
-    grown = build_sat3d("sat3d_auto", overrides=roi)
-    expect = {"preset": "sat3d_auto", "roi_size": [32, 32, 32]}
-    with pytest.raises(ValueError, match=r'preset "sat3d_auto" \(weights: "sat3d_geodesic"\)'):
-        load_weights(grown, path, expect=expect)
-    load_weights(grown, path, expect=expect, grow=True)
+    geo, grown, _, _ = grow_from_base_weights(tmp_path, "sat3d_geodesic", "sat3d_auto")
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert torch.allclose(grown.eval()(x)["logits"], geo.eval().half().float()(x)["logits"], atol=1e-5)

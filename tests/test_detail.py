@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import grow_from_base_weights
 from sat3d import build_sat3d
 from sat3d.protocols import Sat3dProtocol
 from sat3d.weights import load_weights, save_weights
@@ -41,15 +42,7 @@ def test_detail_branch_starts_as_the_plain_decoder_and_then_reads_the_crop():
 
 
 def test_detail_weights_grow_from_base_weights_only_when_fine_tuning(tmp_path):
-    torch.manual_seed(0)
-    base = build_sat3d("sat3d_base", overrides=ROI)
-    path = save_weights(base, tmp_path / "base.pt", {"preset": "sat3d_base", "roi_size": [32, 32, 32]})
-    grown = build_sat3d("sat3d_detail", overrides=ROI)
-    expect = {"preset": "sat3d_detail", "roi_size": [32, 32, 32]}
-    with pytest.raises(ValueError, match=r'preset "sat3d_detail" \(weights: "sat3d_base"\)'):
-        load_weights(grown, path, expect=expect)  # inference never silently runs a half-trained network
-    init = {k: v.clone() for k, v in grown.state_dict().items() if k.startswith("mask_decoder.detail.")}
-    load_weights(grown, path, expect=expect, grow=True)
+    base, grown, init, expect = grow_from_base_weights(tmp_path, "sat3d_base", "sat3d_detail")
     own = grown.state_dict()
     assert all(torch.equal(own[k], v) for k, v in init.items())
     ref = base.state_dict()

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import grow_from_base_weights
 from sat3d import build_sat3d
 from sat3d.modeling.geodesic import geodesic_click_maps, geodesic_distance
 from sat3d.protocols import Sat3dProtocol
-from sat3d.weights import load_weights, save_weights
 
 CLICK = torch.tensor([[[32.0, 32.0, 32.0]]])
 
@@ -99,16 +99,7 @@ def test_the_click_branch_starts_as_the_detail_decoder_and_then_reads_the_click_
 
 
 def test_geodesic_weights_grow_from_detail_weights_only_when_fine_tuning(tmp_path):
-    torch.manual_seed(0)
-    roi = {"roi_size": (32, 32, 32)}
-    detail = build_sat3d("sat3d_detail", overrides=roi)
-    path = save_weights(detail, tmp_path / "detail.pt", {"preset": "sat3d_detail", "roi_size": [32, 32, 32]})
-    grown = build_sat3d("sat3d_geodesic", overrides=roi)
-    expect = {"preset": "sat3d_geodesic", "roi_size": [32, 32, 32]}
-    with pytest.raises(ValueError, match=r'preset "sat3d_geodesic" \(weights: "sat3d_detail"\)'):
-        load_weights(grown, path, expect=expect)
-    init = {k: v.clone() for k, v in grown.state_dict().items() if k.startswith("mask_decoder.click_detail.")}
-    load_weights(grown, path, expect=expect, grow=True)
+    detail, grown, init, _ = grow_from_base_weights(tmp_path, "sat3d_detail", "sat3d_geodesic")
     own, ref = grown.state_dict(), detail.state_dict()
     assert init and all(torch.equal(own[k], v) for k, v in init.items())
     assert all(torch.allclose(own[k], ref[k], atol=2e-3, rtol=1e-3) for k in ref)
