@@ -72,3 +72,73 @@ def test_script_writes_volumes_and_a_datalist_and_keeps_existing_files(tmp_path)
     first.write_bytes(b"kept")  # not overwritten on a second run
     subprocess.run([sys.executable, script, str(tmp_path), "2", "5", "0.3"], capture_output=True, text=True, check=True)
     assert first.read_bytes() == b"kept", run.stdout
+
+
+def _organs_of(monkeypatch, **kwargs) -> list[np.ndarray]:
+    """The organ masks random_phantom draws (recorded from its organ painter)."""
+    import sat3d.phantoms as ph
+
+    seen = []
+
+    def spy(*args, **kw):
+        organs = real(*args, **kw)
+        seen.append([m for m, _ in organs])
+        return organs
+
+    real = ph._draw_organs
+    monkeypatch.setattr(ph, "_draw_organs", spy)
+    random_phantom(np.random.default_rng(kwargs.pop("seed")), SHAPE, SPACING, **kwargs)
+    return seen[0]
+
+
+@pytest.mark.parametrize("disjoint", [False, True])
+def test_disjoint_organs_never_overlap_and_default_organs_do(monkeypatch, disjoint):
+    overlaps = []
+    for seed in range(6):
+        organs = _organs_of(monkeypatch, seed=seed, disjoint_organs=disjoint)
+        overlaps.append(any((organs[i] & organs[j]).any() for i in range(len(organs)) for j in range(i + 1, len(organs))))
+    if disjoint:
+        assert not any(overlaps)
+    else:  # the default keeps the old phantoms (organs drawn over each other)
+        assert any(overlaps)
+
+
+def test_organ_min_axis_makes_organs_larger(monkeypatch):
+    small = [m.sum() for s in range(4) for m in _organs_of(monkeypatch, seed=s, organ_min_axis_mm=10.0)]
+    large = [m.sum() for s in range(4) for m in _organs_of(monkeypatch, seed=s, organ_min_axis_mm=25.0)]
+    assert min(large) > 2 * min(small) and np.median(large) > np.median(small)
+
+
+def _lesion_volumes(lab: np.ndarray) -> list[float]:
+    cc, _ = ndimage.label(lab > 0)
+    sizes = np.bincount(cc.ravel())[1:] * float(np.prod(SPACING))
+    return [float(v) for v in sizes if v >= 10 * np.prod(SPACING)]  # lobulation may split off a few voxels
+
+
+def test_lesion_count_and_radius_are_drawn_from_their_ranges():
+    kw = dict(disjoint_organs=True, organ_min_axis_mm=25.0, mr_prob=0.0)
+    counts, vols = [], {}
+    for r_range in ((3.0, 3.5), (10.0, 12.0)):
+        vols[r_range] = []
+        for seed in range(6):
+            _, lab, _ = random_phantom(np.random.default_rng(seed), SHAPE, SPACING, lesion_count=(3, 3),
+                                       lesion_radius_mm=r_range, **kw)
+            v = _lesion_volumes(lab)
+            counts.append(len(v))
+            vols[r_range] += v
+    assert max(counts) <= 3 and max(counts) >= 2  # up to 3 lesions (they may touch and merge)
+    # a lesion's semi-axes are 0.65-1.0 times its radius (lobulated by up to about 18 %)
+    assert max(vols[(3.0, 3.5)]) < 4 / 3 * np.pi * (3.5 * 1.3) ** 3
+    assert np.median(vols[(10.0, 12.0)]) > 4 / 3 * np.pi * (10 * 0.65) ** 3
+
+
+@pytest.mark.parametrize("kwargs", [{"lesion_count": (2, 1)}, {"lesion_count": (-1, 1)}, {"lesion_radius_mm": (0.0, 3.0)},
+                                    {"lesion_radius_mm": (5.0, 4.0)}])
+def test_bad_lesion_ranges_raise(kwargs):
+    with pytest.raises(ValueError, match="lesion_count"):
+        random_phantom(np.random.default_rng(0), SHAPE, SPACING, **kwargs)
+
+
+def test_no_lesion_is_allowed():
+    _, lab, _ = random_phantom(np.random.default_rng(0), SHAPE, SPACING, lesion_count=(0, 0))
+    assert not lab.any()

@@ -31,9 +31,34 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return Rotation.from_euler("xyz", rng.uniform(-max_deg, max_deg, 3), degrees=True).as_matrix()
 
 
+def _draw_organs(rng: np.random.Generator, img: np.ndarray, cavity: np.ndarray, cav_axes: np.ndarray, ellipsoid,
+                 organ_value, mr: bool, spacing: np.ndarray, disjoint: bool, min_axis: float = 10.0
+                 ) -> list[tuple[np.ndarray, float]]:
+    """Paint 2-6 random ellipsoid organs into ``img`` (in place, inside ``cavity``); returns their masks and values."""
+    shape = img.shape
+    organs: list[tuple[np.ndarray, float]] = []
+    for _ in range(int(rng.integers(2, 7))):
+        lo = [min(min_axis, 0.7 * a) for a in cav_axes]
+        axes = np.array([rng.uniform(lo[0], 0.7 * cav_axes[0]), rng.uniform(lo[1], 0.7 * cav_axes[1]),
+                         rng.uniform(max(15.0, min_axis), 90)])
+        c = np.array([rng.uniform(-0.6, 0.6) * cav_axes[0], rng.uniform(-0.6, 0.6) * cav_axes[1], rng.uniform(-20, 20)])
+        m = ellipsoid(c, axes, _rotation(rng, 30)) & cavity
+        if m.sum() < 50 or (disjoint and any((m & o).any() for o, _ in organs)):
+            continue
+        v = organ_value()
+        if rng.random() < 0.3:  # some texture inside the organ
+            tex = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(1, 3) / spacing)
+            img[m] = v + (0.05 if mr else 1.0) * rng.uniform(3, 12) * (tex / (tex.std() + 1e-6))[m] * (v / 100 if mr else 1.0)
+        else:
+            img[m] = v
+        organs.append((m, v))
+    return organs
+
+
 def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 80),
-                   spacing: Sequence[float] = (1.0, 1.0, 2.0), mr_prob: float = 0.3
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   spacing: Sequence[float] = (1.0, 1.0, 2.0), mr_prob: float = 0.3,
+                   lesion_count: Sequence[int] = (1, 1), lesion_radius_mm: Sequence[float] = (2.5, 30.0),
+                   disjoint_organs: bool = False, organ_min_axis_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One random phantom.
 
     Args:
@@ -41,6 +66,14 @@ def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 8
         shape: volume size in voxels.
         spacing: voxel size in mm.
         mr_prob: probability of a random MR-like intensity table instead of CT's.
+        lesion_count: ``(min, max)`` labelled lesions, each in a randomly chosen organ.
+        lesion_radius_mm: ``(min, max)`` of a lesion's radius (log-uniform; capped by the host organ's depth, and
+            an organ thinner than the minimum gets no lesion, so a phantom may hold fewer than ``lesion_count``).
+        disjoint_organs: drop an organ that would overlap an earlier one.  By default organs overlap, so an
+            organ drawn inside another looks exactly like an unlabelled lesion there: fine as a hard negative
+            next to a clicked lesion, but it makes "find every lesion" (the automatic mode) ill-posed.
+        organ_min_axis_mm: the smallest semi-axis an organ is drawn with (capped at 70 % of the cavity's); the
+            host organ's depth caps a lesion's radius, so small organs hold only small lesions.
 
     Returns:
         image ``(D, H, W)`` float32, label ``(D, H, W)`` uint8 (1 = the lesion; 0 where the lesion could not
@@ -80,20 +113,8 @@ def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 8
         bowel = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(3, 8) / spacing) > rng.uniform(-0.05, 0.15)
         img[cavity & bowel] = tissue["bowel"]
     cav_axes = ax_body - fat_mm - wall_mm
-    organs: list[tuple[np.ndarray, float]] = []
-    for _ in range(int(rng.integers(2, 7))):
-        axes = np.array([rng.uniform(10, 0.7 * cav_axes[0]), rng.uniform(10, 0.7 * cav_axes[1]), rng.uniform(15, 90)])
-        c = np.array([rng.uniform(-0.6, 0.6) * cav_axes[0], rng.uniform(-0.6, 0.6) * cav_axes[1], rng.uniform(-20, 20)])
-        m = ellipsoid(c, axes, _rotation(rng, 30)) & cavity
-        if m.sum() < 50:
-            continue
-        v = organ_value()
-        if rng.random() < 0.3:  # some texture inside the organ
-            tex = ndimage.gaussian_filter(rng.standard_normal(shape), rng.uniform(1, 3) / spacing)
-            img[m] = v + (0.05 if mr else 1.0) * rng.uniform(3, 12) * (tex / (tex.std() + 1e-6))[m] * (v / 100 if mr else 1.0)
-        else:
-            img[m] = v
-        organs.append((m, v))
+    organs = _draw_organs(rng, img, cavity, cav_axes, ellipsoid, organ_value, mr, spacing, disjoint_organs,
+                          float(organ_min_axis_mm))
     for _ in range(int(rng.integers(0, 4))):  # vessels along z
         cx, cy = rng.uniform(-0.5, 0.5) * cav_axes[0], rng.uniform(-0.5, 0.5) * cav_axes[1]
         r = rng.uniform(4, 12)
@@ -103,11 +124,18 @@ def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 8
         img[column(0, by, r, r * 0.85)] = tissue["cortical"]
         img[column(0, by, r * 0.75, r * 0.65)] = tissue["cancellous"]
     label = np.zeros(shape, np.uint8)
-    if organs:
+    lo, hi = int(lesion_count[0]), int(lesion_count[1])
+    if not 0 <= lo <= hi or not 0 < lesion_radius_mm[0] <= lesion_radius_mm[1]:
+        raise ValueError(f"lesion_count {list(lesion_count)} and lesion_radius_mm {list(lesion_radius_mm)} must be "
+                         "(min, max) pairs with 0 <= min <= max (radius > 0).")
+    r_lo, r_hi = float(lesion_radius_mm[0]), float(lesion_radius_mm[1])
+    for _ in range(lo if lo == hi else int(rng.integers(lo, hi + 1))):
+        if not organs:
+            break
         m, v = organs[int(rng.integers(len(organs)))]
         depth = ndimage.distance_transform_edt(m, sampling=spacing)
-        if depth.max() >= 3.0:
-            r_mm = float(np.exp(rng.uniform(np.log(2.5), np.log(min(30.0, max(depth.max() * 0.9, 2.6))))))
+        if depth.max() >= max(3.0, r_lo):  # an organ too thin for the smallest lesion gets none
+            r_mm = float(np.exp(rng.uniform(np.log(r_lo), np.log(min(r_hi, max(depth.max() * 0.9, r_lo * 1.04))))))
             cand = np.argwhere(depth >= min(r_mm, depth.max() * 0.9))
             c = cand[int(rng.integers(len(cand)))] + rng.uniform(-0.5, 0.5, 3)
             axes = r_mm * rng.uniform(0.65, 1.0, 3)
