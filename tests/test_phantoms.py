@@ -142,3 +142,16 @@ def test_bad_lesion_ranges_raise(kwargs):
 def test_no_lesion_is_allowed():
     _, lab, _ = random_phantom(np.random.default_rng(0), SHAPE, SPACING, lesion_count=(0, 0))
     assert not lab.any()
+
+
+def test_script_passes_the_phantom_options_to_the_generator(tmp_path):
+    script = str(BUNDLE / "scripts" / "make_training_phantoms.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "none"), "1", "5", "--lesions", "0", "0"], check=True,
+                   capture_output=True, text=True)
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "1", "5"], check=True, capture_output=True, text=True)
+    labels = {k: np.asarray(nib.load(str(tmp_path / k / "phantom_000_label.nii.gz")).dataobj) for k in ("none", "one")}
+    assert not labels["none"].any() and labels["one"].any()  # same seed: only --lesions differs
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "bad"), "1", "5", "--lesion-radius-mm", "5", "4"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "lesion_radius_mm" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()

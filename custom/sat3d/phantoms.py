@@ -2,7 +2,7 @@
 
 Each phantom is a random torso section: a body outline with a fat layer and a muscle wall, a cavity with
 randomly placed organs (ellipsoids), vessels, a bone column and bowel-like texture, and one labelled lesion
-placed *inside* an organ, brighter or darker than it.  Intensities follow a CT table (Hounsfield units,
+(or several: ``lesion_count``) placed *inside* an organ, brighter or darker than it.  Intensities follow a CT table (Hounsfield units,
 jittered) or, for a fraction of phantoms, a random MR-like table; blur and correlated noise vary.  The
 organs are never labelled, so a model trained on these learns that a homogeneous organ holding a lesion
 is not the lesion.
