@@ -4,9 +4,10 @@ Usage: ``python bundle/scripts/make_training_phantoms.py OUTPUT_DIR [COUNT=40] [
 [--lesions MIN MAX] [--lesion-radius-mm MIN MAX] [--organ-min-axis-mm MM] [--disjoint-organs]``; the options
 are :func:`~sat3d.phantoms.random_phantom`'s (defaults: its defaults, the phantoms of runs 19-28; the model
 card's seventeenth session used ``--lesions 1 3 --lesion-radius-mm 6 30 --organ-min-axis-mm 20
---disjoint-organs`` for lesions large enough to see at 1.5 mm).  Writes ``phantom_NNN_image.nii.gz`` / ``phantom_NNN_label.nii.gz`` and ``datalist.json`` (a ``training``
-list: ``target_classes`` [1], modality CT or MR, sampling ``weight``).  Existing files are kept.  Each
-phantom draws its own size and spacing; none reproduces the demo phantom.
+--disjoint-organs`` for lesions large enough to see at 1.5 mm).  Writes ``phantom_NNN_image.nii.gz`` /
+``phantom_NNN_label.nii.gz`` and ``datalist.json`` (a ``training`` list: ``target_classes`` [1], modality CT
+or MR, sampling ``weight``).  Existing files are kept.  Each phantom draws its own size and spacing; none
+reproduces the demo phantom.
 """
 
 from __future__ import annotations
