@@ -77,7 +77,16 @@ def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 8
     Returns:
         image ``(D, H, W)`` float32, label ``(D, H, W)`` uint8 (1 = the lesion; 0 where the lesion could not
         be placed), affine (RAS mm, origin at the volume centre).
+
+    Raises:
+        ValueError: for a lesion count or radius range that is not ``0 <= min <= max`` (radius above 0), before
+            anything is drawn.
     """
+    lo, hi = int(lesion_count[0]), int(lesion_count[1])
+    if not 0 <= lo <= hi or not 0 < lesion_radius_mm[0] <= lesion_radius_mm[1]:
+        raise ValueError(f"lesion_count {list(lesion_count)} and lesion_radius_mm {list(lesion_radius_mm)} must be "
+                         "(min, max) pairs with 0 <= min <= max (radius > 0).")
+    r_lo, r_hi = float(lesion_radius_mm[0]), float(lesion_radius_mm[1])
     shape, spacing = tuple(int(s) for s in shape), np.asarray(spacing, np.float64)
     centre = np.array([n * s / 2 for n, s in zip(shape, spacing)])
     grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1) - centre
@@ -123,11 +132,6 @@ def random_phantom(rng: np.random.Generator, shape: Sequence[int] = (160, 160, 8
         img[column(0, by, r, r * 0.85)] = tissue["cortical"]
         img[column(0, by, r * 0.75, r * 0.65)] = tissue["cancellous"]
     label = np.zeros(shape, np.uint8)
-    lo, hi = int(lesion_count[0]), int(lesion_count[1])
-    if not 0 <= lo <= hi or not 0 < lesion_radius_mm[0] <= lesion_radius_mm[1]:
-        raise ValueError(f"lesion_count {list(lesion_count)} and lesion_radius_mm {list(lesion_radius_mm)} must be "
-                         "(min, max) pairs with 0 <= min <= max (radius > 0).")
-    r_lo, r_hi = float(lesion_radius_mm[0]), float(lesion_radius_mm[1])
     for _ in range(lo if lo == hi else int(rng.integers(lo, hi + 1))):
         if not organs:
             break
