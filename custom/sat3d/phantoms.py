@@ -32,13 +32,13 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 
 
 def _draw_organs(rng: np.random.Generator, img: np.ndarray, cavity: np.ndarray, cav_axes: np.ndarray, ellipsoid,
-                 organ_value, mr: bool, spacing: np.ndarray, disjoint: bool, min_axis: float = 10.0
+                 organ_value, mr: bool, spacing: np.ndarray, disjoint: bool, min_axis: float
                  ) -> list[tuple[np.ndarray, float]]:
     """Paint 2-6 random ellipsoid organs into ``img`` (in place, inside ``cavity``); returns their masks and values."""
     shape = img.shape
     organs: list[tuple[np.ndarray, float]] = []
+    lo = [min(min_axis, 0.7 * a) for a in cav_axes]  # a narrow cavity caps it (the generator used to raise)
     for _ in range(int(rng.integers(2, 7))):
-        lo = [min(min_axis, 0.7 * a) for a in cav_axes]  # a narrow cavity caps it (the generator used to raise)
         axes = np.array([rng.uniform(lo[0], 0.7 * cav_axes[0]), rng.uniform(lo[1], 0.7 * cav_axes[1]),
                          rng.uniform(max(15.0, min_axis), 90)])
         c = np.array([rng.uniform(-0.6, 0.6) * cav_axes[0], rng.uniform(-0.6, 0.6) * cav_axes[1], rng.uniform(-20, 20)])
