@@ -161,3 +161,25 @@ def test_train_workflow_trains_the_head_alone_from_geodesic_weights(tmp_path):
              and k.split(".")[1] in ("out", "iou")}
     assert moved, "the head's zero-initialised outputs must have been trained"
     assert all(torch.equal(state[k], start[k]) for k in start), "every part but the head must stay as loaded"
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_image_blocks_deepen_each_level_of_the_crop_path(blocks):
+    """``image_blocks`` adds convolutions at 1/2 and 1/4 of the crop; 1 is the first head's layout (the keys
+    of weights trained with it), and the output layers still start at zero."""
+    from sat3d.modeling.auto_head import AutoHead3D
+
+    head = AutoHead3D(embed_dim=8, image_channels=(4, 8), embed_channels=8, channels=8, dilations=(1,), image_blocks=blocks)
+    convs = [m for m in head.image.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert len(convs) == 2 * blocks and [c.stride[0] for c in convs] == ([2] + [1] * (blocks - 1)) * 2
+    if blocks == 1:
+        assert {k.split(".")[1] for k in head.state_dict() if k.startswith("image.")} == {"0", "1"}
+    d_low, d_iou = head(torch.randn(2, 1, 32, 32, 32), torch.randn(2, 8, 2, 2, 2), torch.randn(2, 1, 8, 8, 8))
+    assert d_low.shape == (2, 1, 8, 8, 8) and not d_low.any() and not d_iou.any()
+
+
+def test_image_blocks_below_one_is_refused():
+    from sat3d.modeling.auto_head import AutoHead3D
+
+    with pytest.raises(ValueError, match="image_blocks"):
+        AutoHead3D(embed_dim=8, image_blocks=0)

@@ -26,7 +26,8 @@ __all__ = ["AutoHead3D"]
 class AutoHead3D(nn.Module):
     """Correction of the automatic mode's low-resolution logits.
 
-    The crop passes two stride-2 convolutions (to the decoder's output grid, 1/4 of the crop); the image
+    The crop passes two stride-2 convolutions (to the decoder's output grid, 1/4 of the crop; ``image_blocks``
+    adds convolutions at each level); the image
     embedding is projected and upsampled to that grid; both are concatenated with the decoder's automatic
     mask probability and pass convolutions with growing dilation.  A zero-initialised 1x1x1 convolution
     gives the logit correction, a zero-initialised linear layer on the pooled features the IoU correction.
@@ -38,16 +39,22 @@ class AutoHead3D(nn.Module):
         embed_channels: width the embedding is projected to.
         channels: width of the head's convolutions.
         dilations: dilation of each of the head's 3x3x3 convolutions.
+        image_blocks: convolutions per level of the crop's path (at 1/2 and 1/4 of the crop; the first of each
+            has stride 2).  With 1 the crop passes two convolutions only, and every cell of the logits' grid
+            sees about 10 mm of the image before the head's body.
     """
 
     def __init__(self, in_channels: int = 1, embed_dim: int = 384, image_channels: Sequence[int] = (16, 32),
-                 embed_channels: int = 64, channels: int = 64, dilations: Sequence[int] = (1, 2, 4)) -> None:
+                 embed_channels: int = 64, channels: int = 64, dilations: Sequence[int] = (1, 2, 4),
+                 image_blocks: int = 1) -> None:
         super().__init__()
-        if len(image_channels) != 2 or not dilations:
-            raise ValueError(f"image_channels needs 2 widths and dilations at least one, got {list(image_channels)} "
-                             f"and {list(dilations)}.")
+        if len(image_channels) != 2 or not dilations or int(image_blocks) < 1:
+            raise ValueError(f"image_channels needs 2 widths, dilations at least one and image_blocks at least 1, got "
+                             f"{list(image_channels)}, {list(dilations)} and {image_blocks}.")
         c0, c1 = (int(c) for c in image_channels)
-        self.image = nn.Sequential(conv_block(in_channels, c0, stride=2), conv_block(c0, c1, stride=2))
+        extra = int(image_blocks) - 1
+        self.image = nn.Sequential(conv_block(in_channels, c0, stride=2), *[conv_block(c0, c0) for _ in range(extra)],
+                                   conv_block(c0, c1, stride=2), *[conv_block(c1, c1) for _ in range(extra)])
         self.embed = nn.Conv3d(embed_dim, int(embed_channels), 1)
         widths = [c1 + int(embed_channels) + 1] + [int(channels)] * len(dilations)
         self.body = nn.Sequential(*[conv_block(widths[i], widths[i + 1], dilation=int(d)) for i, d in enumerate(dilations)])
